@@ -1,0 +1,3 @@
+DROP TABLE write_lock;
+DROP TABLE resources;
+DROP TABLE resource_history;

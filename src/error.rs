@@ -1,0 +1,113 @@
+//! The one error type of the FHIR API. Every layer returns `FhirError`; `http` renders it exactly once,
+//! as an OperationOutcome with the matching HTTP status. Internal details are logged, never sent.
+
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    /// Malformed or invalid content: `expression` names the element, when known.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        expression: Option<String>,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Another writer changed the same resource first; the engine retries or reports 409.
+    #[error("the resource was changed by another request at the same time; retry")]
+    WriteConflict,
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure: the detail goes to the log, the client sees a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl FhirError {
+    pub fn invalid(message: impl Into<String>, expression: impl Into<String>) -> Self {
+        FhirError::Invalid {
+            message: message.into(),
+            expression: Some(expression.into()),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            FhirError::Invalid { .. } | FhirError::BadRequest(_) => 400,
+            FhirError::NotFound(_) => 404,
+            FhirError::MethodNotAllowed(_) => 405,
+            FhirError::NotAcceptable(_) => 406,
+            FhirError::Conflict(_) | FhirError::WriteConflict => 409,
+            FhirError::Gone(_) => 410,
+            FhirError::PreconditionFailed(_) => 412,
+            FhirError::PayloadTooLarge(_) => 413,
+            FhirError::UnsupportedMediaType(_) => 415,
+            FhirError::Unprocessable(_) => 422,
+            FhirError::Internal(_) => 500,
+            FhirError::Unavailable(_) => 503,
+        }
+    }
+
+    /// The OperationOutcome `issue.code` (FHIR R4 valueset issue-type).
+    fn issue_code(&self) -> &'static str {
+        match self {
+            FhirError::Invalid { .. } => "invalid",
+            FhirError::BadRequest(_) => "invalid",
+            FhirError::NotFound(_) | FhirError::Gone(_) => "not-found",
+            FhirError::MethodNotAllowed(_) | FhirError::NotAcceptable(_) => "not-supported",
+            FhirError::UnsupportedMediaType(_) => "not-supported",
+            FhirError::Conflict(_) | FhirError::WriteConflict => "conflict",
+            FhirError::PreconditionFailed(_) => "conflict",
+            FhirError::PayloadTooLarge(_) => "too-costly",
+            FhirError::Unprocessable(_) => "processing",
+            FhirError::Unavailable(_) => "transient",
+            FhirError::Internal(_) => "exception",
+        }
+    }
+
+    pub fn operation_outcome(&self) -> Value {
+        let text = match self {
+            FhirError::Internal(_) => "An internal error occurred; see the server log".to_string(),
+            other => other.to_string(),
+        };
+        let mut issue = json!({
+            "severity": if self.status() >= 500 { "fatal" } else { "error" },
+            "code": self.issue_code(),
+            "diagnostics": text,
+        });
+        if let FhirError::Invalid {
+            expression: Some(e),
+            ..
+        } = self
+        {
+            issue["expression"] = json!([e]);
+        }
+        json!({"resourceType": "OperationOutcome", "issue": [issue]})
+    }
+}
+
+/// An OperationOutcome that reports success (for `Prefer: return=OperationOutcome`).
+pub fn information_outcome(message: &str) -> Value {
+    json!({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "information", "code": "informational", "diagnostics": message}]})
+}
+
+pub type FhirResult<T> = Result<T, FhirError>;

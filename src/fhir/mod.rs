@@ -1,0 +1,11 @@
+//! FHIR R4 knowledge that does not depend on storage or HTTP: which resource types are enabled, the id
+//! syntax, strict parsing of request bodies (JSON and XML) and rendering of responses.
+
+mod datetime;
+mod format;
+mod registry;
+mod validate;
+
+pub use datetime::{format_instant, parse_instant_range, DateRange};
+pub use format::{parse_resource, render, Format};
+pub use registry::{is_enabled, valid_id, ENABLED_TYPES, FHIR_VERSION};

@@ -1,0 +1,10 @@
+//! Cairn: a FHIR R4 server for personalized care plans. A request flows
+//! `http` → `rest` → `store`, with `fhir` (types, parsing, validation) beside them.
+
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod rest;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,394 @@
+//! The FHIR RESTful interactions (http.html): create, read, vread, update, delete and history, generic
+//! over resource type. Each interaction is one call into `store` (a write is one transaction);
+//! nothing here knows HTTP, so `http` stays a thin translation of headers and status codes.
+
+mod capabilities;
+mod history;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::{self, format_instant};
+use crate::store::{self, CurrentRow, NewVersion, Store, VersionRow};
+
+pub use capabilities::capability_statement;
+pub use history::HistoryLevel;
+
+/// How often a write without `If-Match` is retried after losing a race to another writer.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// Settings the interactions need.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Store,
+    /// The public FHIR base URL, without a trailing slash.
+    pub base_url: String,
+    pub default_count: i64,
+    pub max_count: i64,
+}
+
+/// A stored version as the client sees it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    /// The resource as FHIR JSON text, exactly as stored (None for a deletion).
+    pub content: Option<String>,
+}
+
+/// The result of a write: what was stored, and whether it created the resource.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub stored: Stored,
+    pub created: bool,
+}
+
+impl Stored {
+    fn from_row(row: VersionRow) -> Stored {
+        let deleted = row.is_deleted();
+        Stored {
+            resource_type: row.res_type,
+            id: row.res_id,
+            version: row.version,
+            last_updated: row.last_updated,
+            content: (!deleted).then_some(row.content),
+        }
+    }
+
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+
+    pub fn location(&self, base: &str) -> String {
+        format!(
+            "{base}/{}/{}/_history/{}",
+            self.resource_type, self.id, self.version
+        )
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// Checks that the type is one the server serves.
+pub fn ensure_type(resource_type: &str) -> FhirResult<()> {
+    if fhir::is_enabled(resource_type) {
+        Ok(())
+    } else {
+        Err(FhirError::NotFound(format!(
+            "resource type '{resource_type}' is not supported by this server"
+        )))
+    }
+}
+
+/// Parses an `If-Match` / `ETag` value: `W/"3"`, `"3"` or `3`.
+pub fn parse_etag(value: &str) -> FhirResult<i64> {
+    let v = value.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
+    v.parse::<i64>()
+        .map_err(|_| FhirError::BadRequest(format!("'{value}' is not a version ETag like W/\"3\"")))
+}
+
+/// Sets `id` and server-owned `meta` (versionId, lastUpdated), keeping the rest of `meta`, and puts
+/// resourceType, id and meta first as FHIR JSON does.
+fn stamp(resource: Value, id: &str, version: i64, last_updated: i64) -> FhirResult<String> {
+    let Value::Object(mut obj) = resource else {
+        return Err(FhirError::Internal("resource is not an object".into()));
+    };
+    let mut meta = Map::new();
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(format_instant(last_updated)),
+    );
+    if let Some(Value::Object(old)) = obj.remove("meta") {
+        for (k, v) in old {
+            if k != "versionId" && k != "lastUpdated" {
+                meta.insert(k, v);
+            }
+        }
+    }
+    let mut out = Map::new();
+    out.insert(
+        "resourceType".into(),
+        obj.remove("resourceType").unwrap_or_default(),
+    );
+    out.insert("id".into(), Value::String(id.to_string()));
+    out.insert("meta".into(), Value::Object(meta));
+    obj.remove("id");
+    out.extend(obj);
+    serde_json::to_string(&Value::Object(out)).map_err(|e| FhirError::Internal(e.to_string()))
+}
+
+fn body_type(resource: &Value) -> &str {
+    resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// Appends one version inside the caller's transaction: the one write path every interaction uses.
+fn write_version(
+    conn: &mut store::DbConn,
+    prev: Option<&CurrentRow>,
+    ty: &str,
+    id: &str,
+    method: &str,
+    resource: Option<Value>,
+) -> FhirResult<Stored> {
+    let version = prev.map_or(1, |p| p.version + 1);
+    let last_updated = prev.map_or(now_micros(), |p| now_micros().max(p.last_updated + 1));
+    let content = match resource {
+        Some(r) => stamp(r, id, version, last_updated)?,
+        None => String::new(),
+    };
+    let new = NewVersion {
+        res_type: ty.to_string(),
+        res_id: id.to_string(),
+        version,
+        last_updated,
+        method: method.to_string(),
+        deleted: i16::from(content.is_empty()),
+        content,
+    };
+    store::append(conn, prev, &new)?;
+    Ok(Stored {
+        resource_type: new.res_type,
+        id: new.res_id,
+        version,
+        last_updated,
+        content: (!new.content.is_empty()).then_some(new.content),
+    })
+}
+
+impl Engine {
+    /// create: a new resource with a server-assigned id.
+    pub async fn create(&self, ty: &str, resource: Value) -> FhirResult<Written> {
+        ensure_type(ty)?;
+        if body_type(&resource) != ty {
+            return Err(FhirError::invalid(
+                format!("the body is a {}, the URL says {ty}", body_type(&resource)),
+                "resourceType",
+            ));
+        }
+        let ty = ty.to_string();
+        let id = uuid::Uuid::new_v4().to_string();
+        let stored = self
+            .store
+            .write(move |conn| write_version(conn, None, &ty, &id, "POST", Some(resource)))
+            .await?;
+        Ok(Written {
+            stored,
+            created: true,
+        })
+    }
+
+    /// read: the current version; 404 if it never existed, 410 if it was deleted.
+    pub async fn read(&self, ty: &str, id: &str) -> FhirResult<Stored> {
+        self.vread_inner(ty, id, None).await
+    }
+
+    /// vread: one version by its versionId.
+    pub async fn vread(&self, ty: &str, id: &str, version_id: &str) -> FhirResult<Stored> {
+        let v = version_id
+            .parse::<i64>()
+            .map_err(|_| FhirError::NotFound(format!("{ty}/{id} has no version '{version_id}'")))?;
+        self.vread_inner(ty, id, Some(v)).await
+    }
+
+    async fn vread_inner(&self, ty: &str, id: &str, v: Option<i64>) -> FhirResult<Stored> {
+        ensure_type(ty)?;
+        if !fhir::valid_id(id) {
+            return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
+        }
+        let (t, i) = (ty.to_string(), id.to_string());
+        let row = self
+            .store
+            .read(move |conn| store::version(conn, &t, &i, v))
+            .await?;
+        let what = match v {
+            Some(v) => format!("{ty}/{id}/_history/{v}"),
+            None => format!("{ty}/{id}"),
+        };
+        match row {
+            None => Err(FhirError::NotFound(format!("{what} is not known"))),
+            Some(r) if r.is_deleted() => Err(FhirError::Gone(format!("{what} was deleted"))),
+            Some(r) => Ok(Stored::from_row(r)),
+        }
+    }
+
+    /// update: a new version, or update-as-create with the client's id. With `if_match`, the write
+    /// happens only if that is still the current version (412 otherwise).
+    pub async fn update(
+        &self,
+        ty: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> FhirResult<Written> {
+        ensure_type(ty)?;
+        if !fhir::valid_id(id) {
+            return Err(FhirError::invalid(
+                format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"),
+                "id",
+            ));
+        }
+        if body_type(&resource) != ty {
+            return Err(FhirError::invalid(
+                format!("the body is a {}, the URL says {ty}", body_type(&resource)),
+                "resourceType",
+            ));
+        }
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(body_id) => {
+                return Err(FhirError::invalid(
+                    format!("the body's id '{body_id}' differs from the URL's '{id}'"),
+                    format!("{ty}.id"),
+                ))
+            }
+            None => {
+                return Err(FhirError::invalid(
+                    "an update must carry the resource id in the body",
+                    format!("{ty}.id"),
+                ))
+            }
+        }
+        self.retrying(
+            if_match,
+            move |conn, ty, id| {
+                let prev = store::current(conn, ty, id)?;
+                check_if_match(if_match, prev.as_ref(), ty, id)?;
+                let created = prev.is_none_or(|p| p.deleted != 0);
+                let stored =
+                    write_version(conn, prev.as_ref(), ty, id, "PUT", Some(resource.clone()))?;
+                Ok(Some(Written { stored, created }))
+            },
+            ty,
+            id,
+        )
+        .await
+        .map(|w| w.expect("update always writes"))
+    }
+
+    /// delete: a tombstone version. Deleting what does not exist (or is already deleted) is a no-op.
+    pub async fn delete(
+        &self,
+        ty: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> FhirResult<Option<Written>> {
+        ensure_type(ty)?;
+        if !fhir::valid_id(id) {
+            return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
+        }
+        self.retrying(
+            if_match,
+            move |conn, ty, id| {
+                let prev = store::current(conn, ty, id)?;
+                check_if_match(if_match, prev.as_ref(), ty, id)?;
+                match prev {
+                    Some(p) if p.deleted == 0 => {
+                        let stored = write_version(conn, Some(&p), ty, id, "DELETE", None)?;
+                        Ok(Some(Written {
+                            stored,
+                            created: false,
+                        }))
+                    }
+                    _ => Ok(None),
+                }
+            },
+            ty,
+            id,
+        )
+        .await
+    }
+
+    /// Runs a write transaction, retrying when it lost a race, unless the client pinned a version
+    /// with If-Match: then losing the race means its version is stale, which is a 412.
+    async fn retrying<F>(
+        &self,
+        if_match: Option<i64>,
+        f: F,
+        ty: &str,
+        id: &str,
+    ) -> FhirResult<Option<Written>>
+    where
+        F: Fn(&mut store::DbConn, &str, &str) -> FhirResult<Option<Written>>
+            + Send
+            + Sync
+            + Clone
+            + 'static,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (f, t, i) = (f.clone(), ty.to_string(), id.to_string());
+            match self.store.write(move |conn| f(conn, &t, &i)).await {
+                Err(FhirError::WriteConflict) if if_match.is_some() => {
+                    return Err(FhirError::PreconditionFailed(format!(
+                        "{ty}/{id} was changed by another request; version {} is no longer current",
+                        if_match.unwrap_or_default()
+                    )))
+                }
+                Err(FhirError::WriteConflict) if attempt < WRITE_ATTEMPTS => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+fn check_if_match(
+    if_match: Option<i64>,
+    prev: Option<&CurrentRow>,
+    ty: &str,
+    id: &str,
+) -> FhirResult<()> {
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
+    match prev {
+        Some(p) if p.deleted == 0 && p.version == expected => Ok(()),
+        Some(p) if p.deleted == 0 => Err(FhirError::PreconditionFailed(format!(
+            "If-Match asks for version {expected} of {ty}/{id}, but the current version is {}",
+            p.version
+        ))),
+        _ => Err(FhirError::PreconditionFailed(format!(
+            "If-Match asks for version {expected} of {ty}/{id}, which does not exist"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn stamping_puts_server_meta_first_and_keeps_client_meta() {
+        let r = json!({"name": [{"family": "X"}], "resourceType": "Patient", "id": "old",
+            "meta": {"versionId": "9", "tag": [{"code": "t"}]}});
+        let s: Value = serde_json::from_str(&stamp(r, "p1", 3, 0).unwrap()).unwrap();
+        let keys: Vec<_> = s.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["resourceType", "id", "meta", "name"]);
+        assert_eq!(s["meta"]["versionId"], "3");
+        assert_eq!(s["meta"]["lastUpdated"], "1970-01-01T00:00:00.000000Z");
+        assert_eq!(s["meta"]["tag"][0]["code"], "t");
+    }
+
+    #[test]
+    fn etags_parse_in_every_common_spelling() {
+        assert_eq!(parse_etag("W/\"3\"").unwrap(), 3);
+        assert_eq!(parse_etag("\"4\"").unwrap(), 4);
+        assert_eq!(parse_etag("5").unwrap(), 5);
+        assert!(parse_etag("W/\"x\"").is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! Storage: one diesel code path over SQLite (embedded default) and PostgreSQL, through
+//! `MultiConnection`, an r2d2 pool, and migrations embedded per backend. Database work runs on
+//! tokio's blocking pool, never on an actix worker. Only this module sees diesel.
+
+mod schema;
+mod versions;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{Connection, PgConnection, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::error::{FhirError, FhirResult};
+
+pub use versions::{
+    append, current, history, version, CurrentRow, HistoryQuery, NewVersion, VersionRow,
+};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database URL split into its backend and the string the driver expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    pub backend: Backend,
+    pub target: String,
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(
+                    "a sqlite:// URL needs a file path, e.g. sqlite://./data/cairn.sqlite".into(),
+                );
+            }
+            Ok(DatabaseUrl {
+                backend: Backend::Sqlite,
+                target: path.to_string(),
+            })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl {
+                backend: Backend::Postgres,
+                target: url.to_string(),
+            })
+        } else {
+            Err("must start with sqlite:// or postgres://".into())
+        }
+    }
+}
+
+impl DatabaseUrl {
+    fn establish(&self) -> Result<DbConn, String> {
+        match self.backend {
+            Backend::Sqlite => {
+                if let Some(dir) = std::path::Path::new(&self.target).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                    }
+                }
+                SqliteConnection::establish(&self.target)
+                    .map(DbConn::Sqlite)
+                    .map_err(|e| e.to_string())
+            }
+            Backend::Postgres => PgConnection::establish(&self.target)
+                .map(DbConn::Postgres)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Applies pending migrations; returns the names of those applied.
+    pub fn migrate(&self) -> Result<Vec<String>, String> {
+        let mut conn = self.establish()?;
+        let applied = match &mut conn {
+            DbConn::Sqlite(c) => {
+                c.batch_execute(SQLITE_PRAGMAS).map_err(|e| e.to_string())?;
+                c.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.iter().map(ToString::to_string).collect())
+            }
+            DbConn::Postgres(c) => {
+                // Replicas may start together: one migrates while the others wait.
+                c.batch_execute("SELECT pg_advisory_lock(7286452)")
+                    .map_err(|e| e.to_string())?;
+                let r = c
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map(|v| v.iter().map(ToString::to_string).collect());
+                let _ = c.batch_execute("SELECT pg_advisory_unlock(7286452)");
+                r
+            }
+        };
+        applied.map_err(|e| format!("migration failed: {e}"))
+    }
+}
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON;";
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
+        if let DbConn::Sqlite(c) = conn {
+            c.batch_execute(SQLITE_PRAGMAS)
+                .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+/// The shared handle to the database: cheap to clone, one per application.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool<ConnectionManager<DbConn>>,
+    backend: Backend,
+}
+
+impl Store {
+    /// Migrates the database and opens a pool. Fails (with a one-line reason) if it is unreachable.
+    pub fn open(url: &DatabaseUrl, pool_size: u32, wait: Duration) -> Result<Store, String> {
+        url.migrate()?;
+        let manager = ConnectionManager::<DbConn>::new(match url.backend {
+            Backend::Sqlite => url.target.clone(),
+            Backend::Postgres => url.target.clone(),
+        });
+        let pool = Pool::builder()
+            .max_size(pool_size)
+            .min_idle(Some(1))
+            .connection_timeout(wait)
+            .connection_customizer(Box::new(SqlitePragmas))
+            .build(manager)
+            .map_err(|e| format!("cannot open a database pool: {e}"))?;
+        Ok(Store {
+            pool,
+            backend: url.backend,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn conn(&self) -> FhirResult<PooledConnection<ConnectionManager<DbConn>>> {
+        self.pool.get().map_err(|e| {
+            tracing::warn!(error = %e, "no database connection available");
+            FhirError::Unavailable("the database is unavailable; retry later".into())
+        })
+    }
+
+    /// Runs read-only work on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> FhirResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> FhirResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        blocking(move || f(&mut *store.conn()?)).await
+    }
+
+    /// Runs `f` in one database transaction on a blocking thread: it all commits or none of it does.
+    pub async fn write<T, F>(&self, f: F) -> FhirResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> FhirResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        blocking(move || {
+            let mut pooled = store.conn()?;
+            let conn: &mut DbConn = &mut pooled;
+            conn.transaction(|c: &mut DbConn| {
+                if let DbConn::Sqlite(_) = c {
+                    // Take SQLite's write lock first (see the write_lock table).
+                    c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?;
+                }
+                f(c)
+            })
+        })
+        .await
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> FhirResult<()> {
+        self.read(|c| c.batch_execute("SELECT 1").map_err(FhirError::from))
+            .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> FhirResult<T> + Send + 'static,
+) -> FhirResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FhirError::Internal(format!("database task failed: {e}")))?
+}
+
+impl From<DieselError> for FhirError {
+    fn from(e: DieselError) -> Self {
+        match &e {
+            DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
+                _,
+            ) => FhirError::WriteConflict,
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                FhirError::Unavailable("the database connection was lost; retry".into())
+            }
+            DieselError::DatabaseError(_, info)
+                if info.message().contains("locked") || info.message().contains("busy") =>
+            {
+                FhirError::Unavailable("the database is busy; retry".into())
+            }
+            _ => {
+                tracing::error!(error = %e, "database error");
+                FhirError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_their_backend() {
+        let s: DatabaseUrl = "sqlite:///tmp/x/cairn.sqlite".parse().unwrap();
+        assert_eq!(
+            (s.backend, s.target.as_str()),
+            (Backend::Sqlite, "/tmp/x/cairn.sqlite")
+        );
+        let p: DatabaseUrl = "postgres://u@h/db".parse().unwrap();
+        assert_eq!(p.backend, Backend::Postgres);
+        assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+        assert!("sqlite://".parse::<DatabaseUrl>().is_err());
+    }
+}

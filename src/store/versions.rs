@@ -1,0 +1,164 @@
+//! Versioned resources: every write appends a row to `resource_history` and moves the pointer in
+//! `resources` with a compare-and-swap on the version, so two writers can never both win a version.
+
+use diesel::prelude::*;
+
+use super::schema::{resource_history as rh, resources as cur};
+use super::DbConn;
+use crate::error::{FhirError, FhirResult};
+
+/// One stored version of a resource (a tombstone has `deleted == 1` and empty content).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = rh)]
+pub struct VersionRow {
+    pub seq: i64,
+    pub res_type: String,
+    pub res_id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    pub method: String,
+    pub deleted: i16,
+    pub content: String,
+}
+
+impl VersionRow {
+    pub fn is_deleted(&self) -> bool {
+        self.deleted != 0
+    }
+}
+
+/// The current-version pointer of a resource.
+#[derive(Debug, Clone, Copy, Queryable, Selectable)]
+#[diesel(table_name = cur)]
+pub struct CurrentRow {
+    pub version: i64,
+    pub last_updated: i64,
+    pub deleted: i16,
+}
+
+/// A version about to be written.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = rh)]
+pub struct NewVersion {
+    pub res_type: String,
+    pub res_id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    pub method: String,
+    pub deleted: i16,
+    pub content: String,
+}
+
+pub fn current(conn: &mut DbConn, ty: &str, id: &str) -> FhirResult<Option<CurrentRow>> {
+    Ok(cur::table
+        .filter(cur::res_type.eq(ty))
+        .filter(cur::res_id.eq(id))
+        .select(CurrentRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The newest version (possibly a tombstone), or the given one.
+pub fn version(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    version: Option<i64>,
+) -> FhirResult<Option<VersionRow>> {
+    let q = rh::table
+        .filter(rh::res_type.eq(ty))
+        .filter(rh::res_id.eq(id))
+        .select(VersionRow::as_select());
+    let row = match version {
+        Some(v) => q.filter(rh::version.eq(v)).first(conn).optional()?,
+        None => q.order(rh::version.desc()).first(conn).optional()?,
+    };
+    Ok(row)
+}
+
+/// Appends `new` as the next version after `prev` (None: the resource does not exist yet). Fails
+/// with `WriteConflict` if another transaction moved the resource on in the meantime.
+pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) -> FhirResult<()> {
+    match prev {
+        None => {
+            diesel::insert_into(cur::table)
+                .values((
+                    cur::res_type.eq(&new.res_type),
+                    cur::res_id.eq(&new.res_id),
+                    cur::version.eq(new.version),
+                    cur::last_updated.eq(new.last_updated),
+                    cur::deleted.eq(new.deleted),
+                ))
+                .execute(conn)?;
+        }
+        Some(p) => {
+            let swapped = diesel::update(
+                cur::table
+                    .filter(cur::res_type.eq(&new.res_type))
+                    .filter(cur::res_id.eq(&new.res_id))
+                    .filter(cur::version.eq(p.version)),
+            )
+            .set((
+                cur::version.eq(new.version),
+                cur::last_updated.eq(new.last_updated),
+                cur::deleted.eq(new.deleted),
+            ))
+            .execute(conn)?;
+            if swapped != 1 {
+                return Err(FhirError::WriteConflict);
+            }
+        }
+    }
+    diesel::insert_into(rh::table).values(new).execute(conn)?;
+    Ok(())
+}
+
+/// What a history interaction asks for. Results come newest first, `limit` at a time; `before` is
+/// the (last_updated, seq) keyset cursor of the previous page's last entry.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub res_type: Option<String>,
+    pub res_id: Option<String>,
+    /// Only versions written at or after this instant (µs).
+    pub since: Option<i64>,
+    /// Only versions current at some point in `[start, end)` (µs).
+    pub at: Option<(i64, i64)>,
+    pub before: Option<(i64, i64)>,
+    pub limit: i64,
+}
+
+pub fn history(conn: &mut DbConn, q: &HistoryQuery) -> FhirResult<Vec<VersionRow>> {
+    let mut query = rh::table.select(VersionRow::as_select()).into_boxed();
+    if let Some(t) = &q.res_type {
+        query = query.filter(rh::res_type.eq(t.clone()));
+    }
+    if let Some(id) = &q.res_id {
+        query = query.filter(rh::res_id.eq(id.clone()));
+    }
+    if let Some(since) = q.since {
+        query = query.filter(rh::last_updated.ge(since));
+    }
+    if let Some((start, end)) = q.at {
+        let later = diesel::alias!(rh as later);
+        query = query
+            .filter(rh::last_updated.lt(end))
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                later
+                    .filter(later.field(rh::res_type).eq(rh::res_type))
+                    .filter(later.field(rh::res_id).eq(rh::res_id))
+                    .filter(later.field(rh::version).gt(rh::version))
+                    .filter(later.field(rh::last_updated).le(start)),
+            )));
+    }
+    if let Some((lu, seq)) = q.before {
+        query = query.filter(
+            rh::last_updated
+                .lt(lu)
+                .or(rh::last_updated.eq(lu).and(rh::seq.lt(seq))),
+        );
+    }
+    Ok(query
+        .order((rh::last_updated.desc(), rh::seq.desc()))
+        .limit(q.limit)
+        .load(conn)?)
+}
