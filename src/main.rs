@@ -12,8 +12,9 @@ use clap::{Parser, Subcommand};
     about = "Cairn: a FHIR R4 server for personalized care plans"
 )]
 struct Cli {
+    /// Without a subcommand, `cairn` serves (settings from CAIRN_* environment variables)
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -24,14 +25,33 @@ enum Command {
     Migrate(DatabaseArgs),
 }
 
+/// Reports a startup failure on one line (driver messages may span several) and exits with 2.
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("cairn: {msg}");
+    let msg = msg.to_string();
+    eprintln!(
+        "cairn: {}",
+        msg.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     ExitCode::from(2)
 }
 
+/// The settings `serve` would read, for a bare `cairn` (flags absent: environment and defaults).
+#[derive(Parser)]
+struct ServeOnly {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn parse() -> Result<Command, clap::Error> {
+    match Cli::try_parse()?.command {
+        Some(command) => Ok(command),
+        None => ServeOnly::try_parse_from(["cairn"]).map(|s| Command::Serve(Box::new(s.settings))),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let command = match parse() {
+        Ok(command) => command,
         Err(e) if !e.use_stderr() => {
             // --help and --version
             let _ = e.print();
@@ -39,15 +59,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let text = e.to_string();
-            return fail(
-                text.lines()
-                    .next()
-                    .unwrap_or("invalid arguments")
-                    .trim_start_matches("error: "),
-            );
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return fail(first.trim_start_matches("error: "));
         }
     };
-    match cli.command {
+    match command {
         Command::Migrate(db) => match db.database_url.migrate() {
             Ok(applied) if applied.is_empty() => {
                 println!("database is up to date");

@@ -89,7 +89,8 @@ fn check_depth(
     Ok(())
 }
 
-/// The same guard for XML: counts open elements (not comments, declarations or self-closing tags).
+/// The same guard for XML: counts open elements (not comments, declarations or self-closing tags),
+/// and refuses a document that ends with elements still open (fhirbolt's reader would accept it).
 fn check_xml_depth(text: &str) -> FhirResult<()> {
     let mut depth = 0usize;
     let mut rest = text;
@@ -106,6 +107,11 @@ fn check_xml_depth(text: &str) -> FhirResult<()> {
             }
         }
         rest = &rest[end.min(rest.len())..];
+    }
+    if depth != 0 {
+        return Err(FhirError::BadRequest(
+            "the XML ends before all of its elements are closed".into(),
+        ));
     }
     Ok(())
 }
@@ -146,6 +152,19 @@ mod tests {
         assert!(err.to_string().contains("nested"), "{err}");
         let brackets_in_strings = r#"{"resourceType":"Patient","name":[{"family":"[[[[[[[["}]}"#;
         check_depth(brackets_in_strings.bytes(), b'{', b'[', b'}', b']').unwrap();
+    }
+
+    #[test]
+    fn truncated_xml_is_refused() {
+        let xml = r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="A"/>"#;
+        assert_eq!(
+            parse_resource(xml.as_bytes(), Format::Xml)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let whole = r#"<?xml version="1.0"?><!-- c --><Patient xmlns="http://hl7.org/fhir"><active value="true"/></Patient>"#;
+        parse_resource(whole.as_bytes(), Format::Xml).unwrap();
     }
 
     #[test]

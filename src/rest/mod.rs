@@ -265,7 +265,7 @@ impl Engine {
         self.retrying(
             if_match,
             move |conn, ty, id| {
-                let prev = store::current(conn, ty, id)?;
+                let prev = store::current_for_update(conn, ty, id)?;
                 check_if_match(if_match, prev.as_ref(), ty, id)?;
                 let created = prev.is_none_or(|p| p.deleted != 0);
                 let stored =
@@ -293,7 +293,7 @@ impl Engine {
         self.retrying(
             if_match,
             move |conn, ty, id| {
-                let prev = store::current(conn, ty, id)?;
+                let prev = store::current_for_update(conn, ty, id)?;
                 check_if_match(if_match, prev.as_ref(), ty, id)?;
                 match prev {
                     Some(p) if p.deleted == 0 => {

@@ -58,6 +58,20 @@ pub fn current(conn: &mut DbConn, ty: &str, id: &str) -> FhirResult<Option<Curre
         .optional()?)
 }
 
+/// `current` for a writer: first takes the row lock (a no-op UPDATE, which both backends support,
+/// where `FOR UPDATE` is PostgreSQL-only), so concurrent writers of one resource queue up instead of
+/// failing their compare-and-swap, and what is read stays current until the transaction ends.
+pub fn current_for_update(conn: &mut DbConn, ty: &str, id: &str) -> FhirResult<Option<CurrentRow>> {
+    diesel::update(
+        cur::table
+            .filter(cur::res_type.eq(ty))
+            .filter(cur::res_id.eq(id)),
+    )
+    .set(cur::version.eq(cur::version))
+    .execute(conn)?;
+    current(conn, ty, id)
+}
+
 /// The newest version (possibly a tombstone), or the given one.
 pub fn version(
     conn: &mut DbConn,
