@@ -6,5 +6,6 @@ pub mod error;
 pub mod fhir;
 pub mod http;
 pub mod rest;
+pub mod search;
 pub mod store;
 pub mod telemetry;

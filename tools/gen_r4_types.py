@@ -62,3 +62,7 @@ for name, v in defs.items():
 out = {"source": schema.get("id"), "primitives": {k: [v.get("type", "string"), v.get("pattern")] for k, v in sorted({**PRIMS, **ANON}.items())},
        "types": dict(sorted(types.items()))}
 json.dump(out, sys.stdout, separators=(",", ":"), sort_keys=False)
+
+# src/fhir/r4-summary.json (the top-level summary and mandatory elements per resource type, for
+# _summary) comes from the same package's dist/fhir/r4/profiles-resources.json: for each resource
+# StructureDefinition, the snapshot elements `Type.name` with isSummary true, and with min >= 1.

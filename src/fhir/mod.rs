@@ -4,8 +4,11 @@
 mod datetime;
 mod format;
 mod registry;
+mod subset;
 mod validate;
 
 pub use datetime::{format_instant, parse_instant_range, DateRange};
 pub use format::{parse_resource, render, Format};
 pub use registry::{is_enabled, valid_id, ENABLED_TYPES, FHIR_VERSION};
+pub use subset::{subset, Subset};
+pub use validate::validate_resource;

@@ -6,13 +6,13 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde_json::Value;
 
 use super::negotiate::{
-    body_format, http_date, if_match, negotiate, not_modified, prefer_return, query_params,
-    read_body, Output, Return,
+    body_format, http_date, if_match, negotiate, not_modified, prefer_return, prefer_strict,
+    query_params, read_body, Output, Return,
 };
 use super::AppState;
 use crate::error::{information_outcome, FhirError, FhirResult};
 use crate::fhir::{self, parse_resource, Format};
-use crate::rest::{capability_statement, ensure_type, HistoryLevel, Stored, Written};
+use crate::rest::{capability_statement, ensure_type, HistoryLevel, SearchScope, Stored, Written};
 
 type Reply = Result<HttpResponse, FhirError>;
 
@@ -187,6 +187,73 @@ pub async fn history_instance(
 ) -> Reply {
     let (ty, id) = path.into_inner();
     history(req, st, HistoryLevel::Instance(ty, id)).await
+}
+
+async fn search(
+    req: &HttpRequest,
+    st: &AppState,
+    scope: SearchScope,
+    params: Vec<(String, String)>,
+) -> Reply {
+    let out = negotiate(req)?;
+    let bundle = st.engine.search(scope, &params, prefer_strict(req)).await?;
+    send_value(HttpResponse::Ok(), out, &bundle)
+}
+
+pub async fn search_type(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let params = query_params(&req);
+    search(&req, &st, SearchScope::Type(path.into_inner()), params).await
+}
+
+/// `POST [type]/_search` (or `POST [base]/_search`): parameters in a form body, plus the URL's.
+pub async fn search_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Reply {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/x-www-form-urlencoded");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(FhirError::UnsupportedMediaType(format!(
+            "POST _search takes application/x-www-form-urlencoded, not '{ct}'"
+        )));
+    }
+    let body = read_body(&req, payload, st.max_body_size).await?;
+    let mut params = query_params(&req);
+    params.extend(url::form_urlencoded::parse(&body).into_owned());
+    let scope = match req.match_info().get("type") {
+        Some(t) => SearchScope::Type(t.to_string()),
+        None => SearchScope::System,
+    };
+    search(&req, &st, scope, params).await
+}
+
+pub async fn search_system(req: HttpRequest, st: web::Data<AppState>) -> Reply {
+    let params = query_params(&req);
+    search(&req, &st, SearchScope::System, params).await
+}
+
+pub async fn search_compartment(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let (comp_type, id, target_type) = path.into_inner();
+    ensure_type(&comp_type)?;
+    let params = query_params(&req);
+    let scope = SearchScope::Compartment {
+        comp_type,
+        id,
+        target_type,
+    };
+    search(&req, &st, scope, params).await
 }
 
 /// A known path with a method it does not serve: 405, or 404 if the type itself is unknown.

@@ -45,11 +45,19 @@ impl ResponseError for FhirError {
 /// are registered before the `{id}` patterns they would otherwise match.
 fn fhir_routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
-    cfg.route("/metadata", web::get().to(h::metadata))
+    cfg.route("", web::get().to(h::search_system))
+        .route("/", web::get().to(h::search_system))
+        .route("/metadata", web::get().to(h::metadata))
         .route("/_history", web::get().to(h::history_system))
+        .route("/_search", web::post().to(h::search_post))
         .service(
             web::resource("/{type}/_history")
                 .route(web::get().to(h::history_type))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type}/_search")
+                .route(web::post().to(h::search_post))
                 .default_service(web::to(h::method_not_allowed)),
         )
         .service(
@@ -63,6 +71,11 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(h::method_not_allowed)),
         )
         .service(
+            web::resource("/{type}/{id}/{target}")
+                .route(web::get().to(h::search_compartment))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
             web::resource("/{type}/{id}")
                 .route(web::get().to(h::read))
                 .route(web::put().to(h::update))
@@ -71,6 +84,7 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             web::resource("/{type}")
+                .route(web::get().to(h::search_type))
                 .route(web::post().to(h::create))
                 .default_service(web::to(h::method_not_allowed)),
         );

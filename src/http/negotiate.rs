@@ -164,6 +164,15 @@ pub fn prefer_return(req: &HttpRequest) -> Return {
     }
 }
 
+/// `Prefer: handling=strict`: unknown search parameters are errors instead of being ignored.
+pub fn prefer_strict(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("Prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim() == "handling=strict")
+}
+
 /// The version an `If-Match` header pins, if any.
 pub fn if_match(req: &HttpRequest) -> FhirResult<Option<i64>> {
     req.headers()

@@ -4,6 +4,7 @@
 
 mod capabilities;
 mod history;
+mod search;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use crate::store::{self, CurrentRow, NewVersion, Store, VersionRow};
 
 pub use capabilities::capability_statement;
 pub use history::HistoryLevel;
+pub use search::SearchScope;
 
 /// How often a write without `If-Match` is retried after losing a race to another writer.
 const WRITE_ATTEMPTS: usize = 5;
@@ -135,15 +137,21 @@ fn body_type(resource: &Value) -> &str {
         .unwrap_or_default()
 }
 
-/// Appends one version inside the caller's transaction: the one write path every interaction uses.
+/// Appends one version inside the caller's transaction, and rewrites the resource's search index
+/// rows: the one write path every interaction uses.
 fn write_version(
     conn: &mut store::DbConn,
+    base_url: &str,
     prev: Option<&CurrentRow>,
     ty: &str,
     id: &str,
     method: &str,
     resource: Option<Value>,
 ) -> FhirResult<Stored> {
+    let entries = resource
+        .as_ref()
+        .map(|r| crate::search::extract(r, base_url))
+        .unwrap_or_default();
     let version = prev.map_or(1, |p| p.version + 1);
     let last_updated = prev.map_or(now_micros(), |p| now_micros().max(p.last_updated + 1));
     let content = match resource {
@@ -159,7 +167,8 @@ fn write_version(
         deleted: i16::from(content.is_empty()),
         content,
     };
-    store::append(conn, prev, &new)?;
+    let rid = store::append(conn, prev, &new)?;
+    store::search::replace_index(conn, rid, &entries)?;
     Ok(Stored {
         resource_type: new.res_type,
         id: new.res_id,
@@ -181,9 +190,10 @@ impl Engine {
         }
         let ty = ty.to_string();
         let id = uuid::Uuid::new_v4().to_string();
+        let base = self.base_url.clone();
         let stored = self
             .store
-            .write(move |conn| write_version(conn, None, &ty, &id, "POST", Some(resource)))
+            .write(move |conn| write_version(conn, &base, None, &ty, &id, "POST", Some(resource)))
             .await?;
         Ok(Written {
             stored,
@@ -262,21 +272,22 @@ impl Engine {
                 ))
             }
         }
+        let base = self.base_url.clone();
         self.retrying(
             if_match,
             move |conn, ty, id| {
                 let prev = store::current_for_update(conn, ty, id)?;
                 check_if_match(if_match, prev.as_ref(), ty, id)?;
                 let created = prev.is_none_or(|p| p.deleted != 0);
-                let stored =
-                    write_version(conn, prev.as_ref(), ty, id, "PUT", Some(resource.clone()))?;
+                let resource = Some(resource.clone());
+                let stored = write_version(conn, &base, prev.as_ref(), ty, id, "PUT", resource)?;
                 Ok(Some(Written { stored, created }))
             },
             ty,
             id,
         )
-        .await
-        .map(|w| w.expect("update always writes"))
+        .await?
+        .ok_or_else(|| FhirError::Internal("an update wrote nothing".into()))
     }
 
     /// delete: a tombstone version. Deleting what does not exist (or is already deleted) is a no-op.
@@ -290,6 +301,7 @@ impl Engine {
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
+        let base = self.base_url.clone();
         self.retrying(
             if_match,
             move |conn, ty, id| {
@@ -297,7 +309,7 @@ impl Engine {
                 check_if_match(if_match, prev.as_ref(), ty, id)?;
                 match prev {
                     Some(p) if p.deleted == 0 => {
-                        let stored = write_version(conn, Some(&p), ty, id, "DELETE", None)?;
+                        let stored = write_version(conn, &base, Some(&p), ty, id, "DELETE", None)?;
                         Ok(Some(Written {
                             stored,
                             created: false,

@@ -3,6 +3,8 @@
 //! tokio's blocking pool, never on an actix worker. Only this module sees diesel.
 
 mod schema;
+pub mod search;
+mod sql;
 mod versions;
 
 use std::time::Duration;
@@ -111,8 +113,10 @@ impl DatabaseUrl {
     }
 }
 
+// case_sensitive_like lets `LIKE 'prefix%'` use the string index (its values are already folded).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-     PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON;";
+     PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; \
+     PRAGMA case_sensitive_like = ON;";
 
 #[derive(Debug)]
 struct SqlitePragmas;

@@ -31,6 +31,7 @@ impl VersionRow {
 #[derive(Debug, Clone, Copy, Queryable, Selectable)]
 #[diesel(table_name = cur)]
 pub struct CurrentRow {
+    pub rid: i64,
     pub version: i64,
     pub last_updated: i64,
     pub deleted: i16,
@@ -90,10 +91,11 @@ pub fn version(
     Ok(row)
 }
 
-/// Appends `new` as the next version after `prev` (None: the resource does not exist yet). Fails
-/// with `WriteConflict` if another transaction moved the resource on in the meantime.
-pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) -> FhirResult<()> {
-    match prev {
+/// Appends `new` as the next version after `prev` (None: the resource does not exist yet) and
+/// returns the resource's row id. Fails with `WriteConflict` if another transaction moved the
+/// resource on in the meantime.
+pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) -> FhirResult<i64> {
+    let rid = match prev {
         None => {
             diesel::insert_into(cur::table)
                 .values((
@@ -104,6 +106,12 @@ pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) ->
                     cur::deleted.eq(new.deleted),
                 ))
                 .execute(conn)?;
+            // No RETURNING across both backends: read the new row id back.
+            cur::table
+                .filter(cur::res_type.eq(&new.res_type))
+                .filter(cur::res_id.eq(&new.res_id))
+                .select(cur::rid)
+                .first(conn)?
         }
         Some(p) => {
             let swapped = diesel::update(
@@ -121,10 +129,11 @@ pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) ->
             if swapped != 1 {
                 return Err(FhirError::WriteConflict);
             }
+            p.rid
         }
-    }
+    };
     diesel::insert_into(rh::table).values(new).execute(conn)?;
-    Ok(())
+    Ok(rid)
 }
 
 /// What a history interaction asks for. Results come newest first, `limit` at a time; `before` is

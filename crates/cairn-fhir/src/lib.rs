@@ -17,6 +17,16 @@ impl std::fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// Runs a fhirbolt call, turning a panic inside it (fhirbolt unwraps on some unusual inputs) into a
+/// `ParseError`, so no input can take a request down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, ParseError>) -> Result<T, ParseError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(ParseError(
+            "the FHIR library could not process this resource".into(),
+        ))
+    })
+}
+
 fn strict() -> Option<DeserializationConfig> {
     Some(DeserializationConfig {
         mode: DeserializationMode::Strict,
@@ -29,21 +39,27 @@ fn parse_json(json: &str) -> Result<Resource, ParseError> {
 
 /// Parses a FHIR R4 JSON resource strictly and returns it re-serialized in canonical element order.
 pub fn canonical_json(json: &str) -> Result<String, ParseError> {
-    let resource = parse_json(json)?;
-    fhirbolt::json::to_string(&resource, None).map_err(|e| ParseError(e.to_string()))
+    guarded(|| {
+        let resource = parse_json(json)?;
+        fhirbolt::json::to_string(&resource, None).map_err(|e| ParseError(e.to_string()))
+    })
 }
 
 /// Parses a FHIR R4 XML resource strictly and returns it as FHIR JSON.
 pub fn xml_to_json(xml: &str) -> Result<String, ParseError> {
-    let resource: Resource =
-        fhirbolt::xml::from_str(xml, strict()).map_err(|e| ParseError(e.to_string()))?;
-    fhirbolt::json::to_string(&resource, None).map_err(|e| ParseError(e.to_string()))
+    guarded(|| {
+        let resource: Resource =
+            fhirbolt::xml::from_str(xml, strict()).map_err(|e| ParseError(e.to_string()))?;
+        fhirbolt::json::to_string(&resource, None).map_err(|e| ParseError(e.to_string()))
+    })
 }
 
 /// Renders a FHIR R4 JSON resource (already validated) as FHIR XML.
 pub fn json_to_xml(json: &str) -> Result<String, ParseError> {
-    let resource = parse_json(json)?;
-    fhirbolt::xml::to_string(&resource, None).map_err(|e| ParseError(e.to_string()))
+    guarded(|| {
+        let resource = parse_json(json)?;
+        fhirbolt::xml::to_string(&resource, None).map_err(|e| ParseError(e.to_string()))
+    })
 }
 
 #[cfg(test)]
@@ -55,6 +71,11 @@ mod tests {
         let err =
             canonical_json(r#"{"resourceType":"Patient","favouriteColour":"blue"}"#).unwrap_err();
         assert!(err.0.contains("favouriteColour"), "{err}");
+    }
+
+    #[test]
+    fn a_panic_inside_fhirbolt_is_an_error() {
+        assert!(guarded::<()>(|| panic!("boom")).is_err());
     }
 
     #[test]

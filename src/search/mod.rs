@@ -1,0 +1,30 @@
+//! Search: parameter definitions as data (`params`), a FHIRPath subset to evaluate them
+//! (`fhirpath`), index extraction at write time (`index`) and request parsing into a
+//! backend-neutral plan (`query`). `store` runs the plan; `rest` builds the Bundle.
+
+mod fhirpath;
+mod index;
+mod params;
+mod query;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+pub use index::{extract, normalize, IndexEntry, IndexValue, QuantityValue};
+pub use params::{registry, ParamType, SearchParam};
+pub use query::{
+    parse, Condition, Include, Match, ParseOptions, Prefix, SearchQuery, SortKey, StringMatch,
+    Summary, Total, UriMatch, CURSOR,
+};
+
+/// The reference parameters by which a resource type belongs to the Patient compartment
+/// (the R4 CompartmentDefinition, compiled into `r4-patient-compartment.json`).
+pub fn patient_compartment(resource_type: &str) -> Option<&'static [String]> {
+    static MAP: OnceLock<HashMap<String, Vec<String>>> = OnceLock::new();
+    MAP.get_or_init(|| {
+        serde_json::from_str(include_str!("r4-patient-compartment.json"))
+            .expect("r4-patient-compartment.json is valid (generated)")
+    })
+    .get(resource_type)
+    .map(Vec::as_slice)
+}

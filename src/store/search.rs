@@ -1,0 +1,1125 @@
+//! Search in SQL: writing a resource's index rows, and turning a `search::SearchQuery` plan into
+//! one statement over `resources` with an EXISTS per condition on the typed index tables.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Text};
+
+use std::collections::{HashMap, HashSet};
+
+use super::sql::Sql;
+use super::{Backend, DbConn};
+use crate::error::FhirResult;
+use crate::fhir;
+use crate::search::{
+    Condition, Include, IndexEntry, IndexValue, Match, ParamType, Prefix, SearchQuery, SortKey,
+    StringMatch, Summary, Total, UriMatch,
+};
+
+/// Iterations of `:iterate` includes, at most.
+const MAX_ITERATE: usize = 3;
+/// Included resources per page, at most.
+const MAX_INCLUDES: usize = 1000;
+
+const INDEX_TABLES: &[&str] = &[
+    "idx_string",
+    "idx_token",
+    "idx_reference",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_uri",
+    "idx_composite",
+];
+
+/// Replaces the index rows of resource `rid` with `entries` (none for a deletion).
+pub fn replace_index(conn: &mut DbConn, rid: i64, entries: &[IndexEntry]) -> FhirResult<()> {
+    for t in INDEX_TABLES {
+        let mut q = Sql::new(&format!("DELETE FROM {t} WHERE rid = "));
+        q.int(rid);
+        q.execute(conn)?;
+    }
+    for e in entries {
+        insert_entry(conn, rid, e)?.execute(conn)?;
+    }
+    Ok(())
+}
+
+fn insert_entry(_conn: &mut DbConn, rid: i64, e: &IndexEntry) -> FhirResult<Sql> {
+    let mut q = Sql::default();
+    let head = |q: &mut Sql, table: &str, cols: &str| {
+        q.push(&format!(
+            "INSERT INTO {table} (rid, param, {cols}) VALUES ("
+        ));
+        q.int(rid).push(", ").text(&e.param);
+    };
+    let opt = |q: &mut Sql, v: f64| {
+        q.push(", ").float(v);
+    };
+    match &e.value {
+        IndexValue::String { norm, exact } => {
+            head(&mut q, "idx_string", "norm, exact");
+            q.push(", ").text(norm).push(", ").text(exact);
+        }
+        IndexValue::Token {
+            system,
+            code,
+            text_norm,
+            type_system,
+            type_code,
+        } => {
+            head(
+                &mut q,
+                "idx_token",
+                "system, code, text_norm, type_system, type_code",
+            );
+            for v in [system, code, text_norm, type_system, type_code] {
+                q.push(", ").text(v);
+            }
+        }
+        IndexValue::Reference {
+            target_type,
+            target_id,
+            url,
+            ident_system,
+            ident_value,
+        } => {
+            head(
+                &mut q,
+                "idx_reference",
+                "target_type, target_id, url, ident_system, ident_value",
+            );
+            for v in [target_type, target_id, url, ident_system, ident_value] {
+                q.push(", ").text(v);
+            }
+        }
+        IndexValue::Date { lo, hi } => {
+            head(&mut q, "idx_date", "lo, hi");
+            q.push(", ").int(*lo).push(", ").int(*hi);
+        }
+        IndexValue::Number { lo, hi } => {
+            head(&mut q, "idx_number", "lo, hi");
+            opt(&mut q, *lo);
+            opt(&mut q, *hi);
+        }
+        IndexValue::Quantity(v) => {
+            head(
+                &mut q,
+                "idx_quantity",
+                "lo, hi, system, code, canon_lo, canon_hi, canon_code",
+            );
+            opt(&mut q, v.lo);
+            opt(&mut q, v.hi);
+            q.push(", ").text(&v.system).push(", ").text(&v.code);
+            match &v.canonical {
+                Some((lo, hi, unit)) => {
+                    opt(&mut q, *lo);
+                    opt(&mut q, *hi);
+                    q.push(", ").text(unit);
+                }
+                None => {
+                    q.push(", NULL, NULL, ''");
+                }
+            }
+        }
+        IndexValue::Uri { value } => {
+            head(&mut q, "idx_uri", "value");
+            q.push(", ").text(value);
+        }
+        IndexValue::Composite {
+            system1,
+            code1,
+            second,
+        } => {
+            head(
+                &mut q,
+                "idx_composite",
+                "system1, code1, system2, code2, text2, lo2, hi2, dlo2, dhi2",
+            );
+            q.push(", ").text(system1).push(", ").text(code1);
+            let (mut s2, mut c2, mut t2) = (String::new(), String::new(), String::new());
+            let (mut lo2, mut hi2, mut dlo2, mut dhi2) = (None, None, None, None);
+            match second.as_ref() {
+                IndexValue::Token { system, code, .. } => (s2, c2) = (system.clone(), code.clone()),
+                IndexValue::String { norm, .. } => t2 = norm.clone(),
+                IndexValue::Quantity(v) => {
+                    (lo2, hi2) = (Some(v.lo), Some(v.hi));
+                    (s2, c2) = (v.system.clone(), v.code.clone());
+                }
+                IndexValue::Number { lo, hi } => (lo2, hi2) = (Some(*lo), Some(*hi)),
+                IndexValue::Date { lo, hi } => (dlo2, dhi2) = (Some(*lo), Some(*hi)),
+                _ => {}
+            }
+            q.push(", ")
+                .text(&s2)
+                .push(", ")
+                .text(&c2)
+                .push(", ")
+                .text(&t2);
+            for v in [lo2, hi2] {
+                match v {
+                    Some(f) => opt(&mut q, f),
+                    None => {
+                        q.push(", NULL");
+                    }
+                }
+            }
+            for v in [dlo2, dhi2] {
+                match v {
+                    Some(i) => {
+                        q.push(", ").int(i);
+                    }
+                    None => {
+                        q.push(", NULL");
+                    }
+                }
+            }
+        }
+    }
+    q.push(")");
+    Ok(q)
+}
+
+/// The table holding a parameter type's index rows.
+fn table_of(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::String => "idx_string",
+        ParamType::Token => "idx_token",
+        ParamType::Reference => "idx_reference",
+        ParamType::Date => "idx_date",
+        ParamType::Number => "idx_number",
+        ParamType::Quantity => "idx_quantity",
+        ParamType::Uri => "idx_uri",
+        ParamType::Composite => "idx_composite",
+        ParamType::Special => "idx_token",
+    }
+}
+
+/// Builds SQL predicates; `n` numbers the aliases of nested subqueries.
+pub struct Planner {
+    pub backend: Backend,
+    n: usize,
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+impl Planner {
+    pub fn new(backend: Backend) -> Planner {
+        Planner { backend, n: 0 }
+    }
+
+    fn alias(&mut self, prefix: &str) -> String {
+        self.n += 1;
+        format!("{prefix}{}", self.n)
+    }
+
+    /// Text comparisons in byte order on both backends.
+    fn collate(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " COLLATE \"C\"",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// The predicate for `c` on the resource row aliased `r`.
+    pub fn condition(&mut self, q: &mut Sql, c: &Condition, r: &str) {
+        match c {
+            Condition::Id(ids) => {
+                if ids.is_empty() {
+                    q.push("1 = 0");
+                } else {
+                    q.push(&format!("{r}.res_id IN "));
+                    q.text_list(ids);
+                }
+            }
+            Condition::LastUpdated(any) => {
+                q.push("(");
+                for (i, m) in any.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" OR ");
+                    }
+                    if let Match::Date { prefix, lo, hi } = m {
+                        let col = format!("{r}.last_updated");
+                        date_range(q, *prefix, *lo, *hi, &col, &format!("({col} + 1)"));
+                    }
+                }
+                q.push(")");
+            }
+            Condition::Missing {
+                param,
+                kind,
+                missing,
+            } => {
+                let t = self.alias("m");
+                q.push(if *missing {
+                    "NOT EXISTS (SELECT 1 FROM "
+                } else {
+                    "EXISTS (SELECT 1 FROM "
+                });
+                q.push(&format!(
+                    "{} {t} WHERE {t}.rid = {r}.rid AND {t}.param = ",
+                    table_of(*kind)
+                ));
+                q.text(param).push(")");
+            }
+            Condition::Param {
+                param,
+                kind,
+                any,
+                negate,
+            } => {
+                let t = self.alias("t");
+                q.push(if *negate {
+                    "NOT EXISTS (SELECT 1 FROM "
+                } else {
+                    "EXISTS (SELECT 1 FROM "
+                });
+                q.push(&format!(
+                    "{} {t} WHERE {t}.rid = {r}.rid AND {t}.param = ",
+                    table_of(*kind)
+                ));
+                q.text(param).push(" AND (");
+                for (i, m) in any.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" OR ");
+                    }
+                    self.value(q, m, &t);
+                }
+                q.push("))");
+            }
+            Condition::Chain {
+                param,
+                target_types,
+                inner,
+            } => {
+                let (t, r2) = (self.alias("c"), self.alias("r"));
+                q.push(&format!(
+                    "EXISTS (SELECT 1 FROM idx_reference {t} JOIN resources {r2} ON {r2}.res_type = {t}.target_type \
+                     AND {r2}.res_id = {t}.target_id AND {r2}.deleted = 0 WHERE {t}.rid = {r}.rid AND {t}.param = "
+                ));
+                q.text(param).push(&format!(" AND {t}.target_type IN "));
+                q.text_list(target_types).push(" AND ");
+                self.condition(q, inner, &r2);
+                q.push(")");
+            }
+            Condition::Has {
+                source_type,
+                param,
+                inner,
+            } => {
+                let (t, r2) = (self.alias("h"), self.alias("r"));
+                q.push(&format!(
+                    "EXISTS (SELECT 1 FROM idx_reference {t} JOIN resources {r2} ON {r2}.rid = {t}.rid \
+                     WHERE {r2}.deleted = 0 AND {r2}.res_type = "
+                ));
+                q.text(source_type).push(&format!(" AND {t}.param = "));
+                q.text(param).push(&format!(
+                    " AND {t}.target_type = {r}.res_type AND {t}.target_id = {r}.res_id AND "
+                ));
+                self.condition(q, inner, &r2);
+                q.push(")");
+            }
+            Condition::Compartment {
+                comp_type,
+                id,
+                params,
+            } => {
+                let t = self.alias("k");
+                q.push(&format!("(({r}.res_type = "));
+                q.text(comp_type).push(&format!(" AND {r}.res_id = "));
+                q.text(id).push(")");
+                if !params.is_empty() {
+                    q.push(&format!(" OR EXISTS (SELECT 1 FROM idx_reference {t} WHERE {t}.rid = {r}.rid AND {t}.param IN "));
+                    q.text_list(params)
+                        .push(&format!(" AND {t}.target_type = "));
+                    q.text(comp_type).push(&format!(" AND {t}.target_id = "));
+                    q.text(id).push(")");
+                }
+                q.push(")");
+            }
+        }
+    }
+
+    /// One value match on the index row aliased `t`.
+    fn value(&mut self, q: &mut Sql, m: &Match, t: &str) {
+        match m {
+            Match::String { value, how } => match how {
+                StringMatch::Exact => {
+                    q.push(&format!("{t}.exact = ")).text(value);
+                }
+                StringMatch::Prefix => {
+                    q.push(&format!("{t}.norm LIKE "))
+                        .text(&format!("{}%", like_escape(value)))
+                        .push(" ESCAPE '\\'");
+                }
+                StringMatch::Contains => {
+                    q.push(&format!("{t}.norm LIKE "))
+                        .text(&format!("%{}%", like_escape(value)))
+                        .push(" ESCAPE '\\'");
+                }
+            },
+            Match::Token { system, code } => {
+                q.push("(1 = 1");
+                if let Some(s) = system {
+                    q.push(&format!(" AND {t}.system = ")).text(s);
+                }
+                match code {
+                    Some(c) => {
+                        q.push(&format!(" AND {t}.code = ")).text(c);
+                    }
+                    None => {
+                        q.push(&format!(" AND {t}.code <> ''"));
+                    }
+                }
+                q.push(")");
+            }
+            Match::TokenText(text) => {
+                let v = like_escape(text);
+                q.push(&format!("({t}.text_norm LIKE "))
+                    .text(&format!("{v}%"))
+                    .push(&format!(" ESCAPE '\\' OR {t}.text_norm LIKE "))
+                    .text(&format!("% {v}%"))
+                    .push(" ESCAPE '\\')");
+            }
+            Match::OfType {
+                type_system,
+                type_code,
+                value,
+            } => {
+                q.push(&format!("({t}.type_system = ")).text(type_system);
+                q.push(&format!(" AND {t}.type_code = ")).text(type_code);
+                q.push(&format!(" AND {t}.code = ")).text(value).push(")");
+            }
+            Match::Reference {
+                target_type,
+                target_id,
+                url,
+            } => {
+                q.push("(1 = 1");
+                if let Some(ty) = target_type {
+                    q.push(&format!(" AND {t}.target_type = ")).text(ty);
+                }
+                if let Some(id) = target_id {
+                    q.push(&format!(" AND {t}.target_id = ")).text(id);
+                }
+                if let Some(u) = url {
+                    q.push(&format!(" AND {t}.url = ")).text(u);
+                }
+                q.push(")");
+            }
+            Match::RefIdentifier { system, value } => {
+                q.push("(1 = 1");
+                if let Some(s) = system {
+                    q.push(&format!(" AND {t}.ident_system = ")).text(s);
+                }
+                match value {
+                    Some(v) => q.push(&format!(" AND {t}.ident_value = ")).text(v),
+                    None => q.push(&format!(" AND {t}.ident_value <> ''")),
+                };
+                q.push(")");
+            }
+            Match::Date { prefix, lo, hi } => {
+                date_range(q, *prefix, *lo, *hi, &format!("{t}.lo"), &format!("{t}.hi"));
+            }
+            Match::Number {
+                prefix,
+                value,
+                lo,
+                hi,
+            } => {
+                number_range(
+                    q,
+                    *prefix,
+                    *value,
+                    *lo,
+                    *hi,
+                    &format!("{t}.lo"),
+                    &format!("{t}.hi"),
+                );
+            }
+            Match::Quantity {
+                prefix,
+                value,
+                lo,
+                hi,
+                canonical,
+                system,
+                code,
+            } => {
+                q.push("(");
+                match canonical {
+                    Some((cv, clo, chi, unit)) => {
+                        q.push(&format!("{t}.canon_code = "))
+                            .text(unit)
+                            .push(" AND ");
+                        number_range(
+                            q,
+                            *prefix,
+                            *cv,
+                            *clo,
+                            *chi,
+                            &format!("{t}.canon_lo"),
+                            &format!("{t}.canon_hi"),
+                        );
+                    }
+                    None => {
+                        if let Some(s) = system {
+                            q.push(&format!("{t}.system = ")).text(s).push(" AND ");
+                        }
+                        if let Some(c) = code {
+                            q.push(&format!("{t}.code = ")).text(c).push(" AND ");
+                        }
+                        number_range(
+                            q,
+                            *prefix,
+                            *value,
+                            *lo,
+                            *hi,
+                            &format!("{t}.lo"),
+                            &format!("{t}.hi"),
+                        );
+                    }
+                }
+                q.push(")");
+            }
+            Match::Uri { value, how } => match how {
+                UriMatch::Exact => {
+                    q.push(&format!("{t}.value = ")).text(value);
+                }
+                UriMatch::Below => {
+                    q.push(&format!("{t}.value LIKE "))
+                        .text(&format!("{}%", like_escape(value)))
+                        .push(" ESCAPE '\\'");
+                }
+                UriMatch::Above => {
+                    // The stored URL is a prefix of the one searched.
+                    q.text(value).push(&format!(" LIKE {t}.value || '%'"));
+                }
+            },
+            Match::Composite {
+                system1,
+                code1,
+                second,
+            } => {
+                q.push(&format!("({t}.code1 = ")).text(code1);
+                if let Some(s) = system1 {
+                    q.push(&format!(" AND {t}.system1 = ")).text(s);
+                }
+                q.push(" AND ");
+                match second.as_ref() {
+                    Match::Token { system, code } => {
+                        q.push("(1 = 1");
+                        if let Some(s) = system {
+                            q.push(&format!(" AND {t}.system2 = ")).text(s);
+                        }
+                        if let Some(c) = code {
+                            q.push(&format!(" AND {t}.code2 = ")).text(c);
+                        }
+                        q.push(")");
+                    }
+                    Match::String { value, .. } => {
+                        q.push(&format!("{t}.text2 LIKE "))
+                            .text(&format!("{}%", like_escape(value)))
+                            .push(" ESCAPE '\\'");
+                    }
+                    Match::Quantity {
+                        prefix,
+                        value,
+                        lo,
+                        hi,
+                        system,
+                        code,
+                        ..
+                    } => {
+                        if let Some(s) = system {
+                            q.push(&format!("{t}.system2 = ")).text(s).push(" AND ");
+                        }
+                        if let Some(c) = code {
+                            q.push(&format!("{t}.code2 = ")).text(c).push(" AND ");
+                        }
+                        number_range(
+                            q,
+                            *prefix,
+                            *value,
+                            *lo,
+                            *hi,
+                            &format!("{t}.lo2"),
+                            &format!("{t}.hi2"),
+                        );
+                    }
+                    Match::Number {
+                        prefix,
+                        value,
+                        lo,
+                        hi,
+                    } => {
+                        number_range(
+                            q,
+                            *prefix,
+                            *value,
+                            *lo,
+                            *hi,
+                            &format!("{t}.lo2"),
+                            &format!("{t}.hi2"),
+                        );
+                    }
+                    Match::Date { prefix, lo, hi } => {
+                        date_range(
+                            q,
+                            *prefix,
+                            *lo,
+                            *hi,
+                            &format!("{t}.dlo2"),
+                            &format!("{t}.dhi2"),
+                        );
+                    }
+                    _ => {
+                        q.push("1 = 0");
+                    }
+                }
+                q.push(")");
+            }
+        }
+    }
+
+    /// The sort key of `key` for the row aliased `r`, never NULL (missing values sort last).
+    pub fn sort_expr(&self, key: &SortKey, r: &str) -> Sql {
+        let desc = key.descending;
+        let agg = if desc { "MAX" } else { "MIN" };
+        let mut q = Sql::new("COALESCE(");
+        let (col, sentinel) = match (key.param.as_str(), key.kind) {
+            ("_id", _) => (format!("{r}.res_id"), None),
+            ("_lastUpdated", _) => (format!("{r}.last_updated"), None),
+            (_, kind) => {
+                let col = match kind {
+                    ParamType::String => "norm",
+                    ParamType::Token => "code",
+                    ParamType::Reference => "target_id",
+                    ParamType::Uri => "value",
+                    _ if desc => "hi",
+                    _ => "lo",
+                };
+                (String::new(), Some((table_of(kind), col)))
+            }
+        };
+        match sentinel {
+            None => {
+                q.push(&col);
+            }
+            Some((table, c)) => {
+                q.push(&format!(
+                    "(SELECT {agg}(s.{c}) FROM {table} s WHERE s.rid = {r}.rid AND s.param = "
+                ))
+                .text(&key.param)
+                .push(")");
+            }
+        }
+        q.push(", ");
+        match sort_kind(key) {
+            SortKind::Text => q.text(if desc { "" } else { "\u{10FFFF}" }),
+            SortKind::Int => q.int(if desc { i64::MIN } else { i64::MAX }),
+            SortKind::Float => q.float(if desc { f64::MIN } else { f64::MAX }),
+        };
+        q.push(")");
+        if sort_kind(key) == SortKind::Text {
+            q.push(self.collate());
+        }
+        q
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKind {
+    Text,
+    Int,
+    Float,
+}
+
+pub fn sort_kind(key: &SortKey) -> SortKind {
+    match (key.param.as_str(), key.kind) {
+        ("_id", _) => SortKind::Text,
+        ("_lastUpdated", _) | (_, ParamType::Date) => SortKind::Int,
+        (_, ParamType::Number | ParamType::Quantity) => SortKind::Float,
+        _ => SortKind::Text,
+    }
+}
+
+/// Date prefixes: the resource's range [lo, hi) against the searched range [a, b) (search.html).
+fn date_range(q: &mut Sql, p: Prefix, a: i64, b: i64, lo: &str, hi: &str) {
+    match p {
+        Prefix::Eq => q
+            .push(&format!("({lo} >= "))
+            .int(a)
+            .push(&format!(" AND {hi} <= "))
+            .int(b)
+            .push(")"),
+        Prefix::Ne => q
+            .push(&format!("({lo} < "))
+            .int(a)
+            .push(&format!(" OR {hi} > "))
+            .int(b)
+            .push(")"),
+        Prefix::Gt => q.push(&format!("{hi} > ")).int(b),
+        Prefix::Lt => q.push(&format!("{lo} < ")).int(a),
+        Prefix::Ge => q
+            .push(&format!("({hi} > "))
+            .int(b)
+            .push(&format!(" OR {lo} >= "))
+            .int(a)
+            .push(")"),
+        Prefix::Le => q
+            .push(&format!("({lo} < "))
+            .int(a)
+            .push(&format!(" OR {hi} <= "))
+            .int(b)
+            .push(")"),
+        Prefix::Sa => q.push(&format!("{lo} >= ")).int(b),
+        Prefix::Eb => q.push(&format!("{hi} <= ")).int(a),
+        Prefix::Ap => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            let gap = ((now - a).abs() / 10).max(86_400_000_000);
+            q.push(&format!("({lo} < "))
+                .int(b.saturating_add(gap))
+                .push(&format!(" AND {hi} > "))
+                .int(a.saturating_sub(gap))
+                .push(")")
+        }
+    };
+}
+
+/// Number prefixes: the resource's value [lo, hi] against the searched value with its implicit
+/// precision range [a, b).
+fn number_range(q: &mut Sql, p: Prefix, v: f64, a: f64, b: f64, lo: &str, hi: &str) {
+    match p {
+        Prefix::Eq => q
+            .push(&format!("({lo} >= "))
+            .float(a)
+            .push(&format!(" AND {hi} < "))
+            .float(b)
+            .push(")"),
+        Prefix::Ne => q
+            .push(&format!("({lo} < "))
+            .float(a)
+            .push(&format!(" OR {hi} >= "))
+            .float(b)
+            .push(")"),
+        Prefix::Gt | Prefix::Sa => q.push(&format!("{hi} > ")).float(v),
+        Prefix::Lt | Prefix::Eb => q.push(&format!("{lo} < ")).float(v),
+        Prefix::Ge => q.push(&format!("{hi} >= ")).float(a),
+        Prefix::Le => q.push(&format!("{lo} < ")).float(b),
+        Prefix::Ap => {
+            let d = (v.abs() * 0.1).max(b - a);
+            q.push(&format!("({lo} <= "))
+                .float(v + d)
+                .push(&format!(" AND {hi} >= "))
+                .float(v - d)
+                .push(")")
+        }
+    };
+}
+
+#[derive(Debug, QueryableByName)]
+pub struct Hit {
+    #[diesel(sql_type = BigInt)]
+    pub rid: i64,
+    #[diesel(sql_type = Text)]
+    pub res_type: String,
+    #[diesel(sql_type = Text)]
+    pub res_id: String,
+}
+
+#[derive(Debug, QueryableByName)]
+pub struct ContentRow {
+    #[diesel(sql_type = BigInt)]
+    pub rid: i64,
+    #[diesel(sql_type = Text)]
+    pub content: String,
+}
+
+#[derive(Debug, QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(Debug, QueryableByName)]
+struct TextVal {
+    #[diesel(sql_type = Text)]
+    v: String,
+}
+
+#[derive(Debug, QueryableByName)]
+struct IntVal {
+    #[diesel(sql_type = BigInt)]
+    v: i64,
+}
+
+#[derive(Debug, QueryableByName)]
+struct FloatVal {
+    #[diesel(sql_type = Double)]
+    v: f64,
+}
+
+/// A sort key's value at a page boundary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum KeyValue {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+pub fn load_hits(conn: &mut DbConn, q: Sql) -> FhirResult<Vec<Hit>> {
+    Ok(q.load(conn)?)
+}
+
+pub fn count(conn: &mut DbConn, q: Sql) -> FhirResult<i64> {
+    let rows: Vec<CountRow> = q.load(conn)?;
+    Ok(rows.first().map_or(0, |r| r.n))
+}
+
+/// The current content of resources, by row id.
+pub fn contents(conn: &mut DbConn, rids: &[i64]) -> FhirResult<Vec<ContentRow>> {
+    if rids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut q = Sql::new(
+        "SELECT r.rid AS rid, h.content AS content FROM resources r JOIN resource_history h \
+         ON h.res_type = r.res_type AND h.res_id = r.res_id AND h.version = r.version \
+         WHERE r.deleted = 0 AND r.rid IN ",
+    );
+    q.int_list(rids);
+    Ok(q.load(conn)?)
+}
+
+/// The values of the sort keys of row `rid`.
+pub fn key_values(
+    conn: &mut DbConn,
+    planner: &Planner,
+    keys: &[SortKey],
+    rid: i64,
+) -> FhirResult<Vec<KeyValue>> {
+    let mut out = Vec::new();
+    for key in keys {
+        let mut q = Sql::new("SELECT ");
+        q.append(planner.sort_expr(key, "r"));
+        q.push(" AS v FROM resources r WHERE r.rid = ").int(rid);
+        let v = match sort_kind(key) {
+            SortKind::Text => {
+                let rows: Vec<TextVal> = q.load(conn)?;
+                KeyValue::Text(rows.into_iter().next().map(|r| r.v).unwrap_or_default())
+            }
+            SortKind::Int => {
+                let rows: Vec<IntVal> = q.load(conn)?;
+                KeyValue::Int(rows.first().map_or(0, |r| r.v))
+            }
+            SortKind::Float => {
+                let rows: Vec<FloatVal> = q.load(conn)?;
+                KeyValue::Float(rows.first().map_or(0.0, |r| r.v))
+            }
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Pairs `(target_type, target_id)` that `param` of the resources `rids` references.
+#[derive(Debug, QueryableByName)]
+pub struct RefRow {
+    #[diesel(sql_type = Text)]
+    pub target_type: String,
+    #[diesel(sql_type = Text)]
+    pub target_id: String,
+}
+
+pub fn references_from(
+    conn: &mut DbConn,
+    rids: &[i64],
+    param: Option<&str>,
+    target_type: Option<&str>,
+) -> FhirResult<Vec<RefRow>> {
+    if rids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut q = Sql::new("SELECT DISTINCT target_type, target_id FROM idx_reference WHERE target_id <> '' AND rid IN ");
+    q.int_list(rids);
+    if let Some(p) = param {
+        q.push(" AND param = ").text(p);
+    }
+    if let Some(t) = target_type {
+        q.push(" AND target_type = ").text(t);
+    }
+    Ok(q.load(conn)?)
+}
+
+/// Live resources by (type, ids).
+pub fn hits_by_ids(conn: &mut DbConn, res_type: &str, ids: &[String]) -> FhirResult<Vec<Hit>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut q =
+        Sql::new("SELECT rid, res_type, res_id FROM resources WHERE deleted = 0 AND res_type = ");
+    q.text(res_type).push(" AND res_id IN ");
+    q.text_list(ids);
+    Ok(q.load(conn)?)
+}
+
+/// Live resources of `source_type` whose `param` (any reference parameter if None) points to one of
+/// `targets` (all of `target_type`).
+pub fn referencing(
+    conn: &mut DbConn,
+    source_type: &str,
+    param: Option<&str>,
+    target_type: &str,
+    target_ids: &[String],
+) -> FhirResult<Vec<Hit>> {
+    if target_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut q = Sql::new(
+        "SELECT DISTINCT r.rid AS rid, r.res_type AS res_type, r.res_id AS res_id FROM idx_reference t \
+         JOIN resources r ON r.rid = t.rid WHERE r.deleted = 0 AND r.res_type = ",
+    );
+    q.text(source_type);
+    if let Some(p) = param {
+        q.push(" AND t.param = ").text(p);
+    }
+    q.push(" AND t.target_type = ")
+        .text(target_type)
+        .push(" AND t.target_id IN ");
+    q.text_list(target_ids);
+    Ok(q.load(conn)?)
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// "n": the page after the boundary row; "p": the page before it.
+    pub d: String,
+    pub r: i64,
+    pub k: Vec<KeyValue>,
+}
+
+/// One page of search results, with the boundaries of its neighbours.
+pub struct Page {
+    pub matches: Vec<Hit>,
+    pub included: Vec<Hit>,
+    pub contents: HashMap<i64, String>,
+    pub total: Option<i64>,
+    pub next: Option<Cursor>,
+    pub prev: Option<Cursor>,
+}
+
+/// The WHERE clause shared by the page query and the count.
+fn filter(planner: &mut Planner, q: &SearchQuery) -> Sql {
+    let mut sql = Sql::new(" FROM resources r WHERE r.deleted = 0 AND r.res_type IN ");
+    sql.text_list(&q.types);
+    for c in &q.conditions {
+        sql.push(" AND ");
+        planner.condition(&mut sql, c, "r");
+    }
+    sql
+}
+
+/// Runs a search: the page of matches after (or before) `cursor`, its includes and contents, and
+/// the total when asked.
+pub fn run(
+    conn: &mut DbConn,
+    backend: Backend,
+    q: &SearchQuery,
+    cursor: Option<&Cursor>,
+) -> FhirResult<Page> {
+    let mut planner = Planner::new(backend);
+    let where_ = filter(&mut planner, q);
+    let wants_total =
+        matches!(q.total, Total::Accurate | Total::Estimate) || q.summary == Summary::Count;
+    let mut total = None;
+    if wants_total {
+        let mut c = Sql::new("SELECT COUNT(*) AS n");
+        c.append(where_.clone());
+        total = Some(count(conn, c)?);
+    }
+    let mut page = Page {
+        matches: vec![],
+        included: vec![],
+        contents: HashMap::new(),
+        total,
+        next: None,
+        prev: None,
+    };
+    if q.summary == Summary::Count || q.count == 0 {
+        return Ok(page);
+    }
+    let backwards = cursor.is_some_and(|c| c.d == "p");
+    let keys: Vec<Sql> = q.sort.iter().map(|k| planner.sort_expr(k, "r")).collect();
+    let mut sql = Sql::new("SELECT r.rid AS rid, r.res_type AS res_type, r.res_id AS res_id");
+    sql.append(where_);
+    if let Some(c) = cursor {
+        sql.push(" AND ");
+        keyset(&mut sql, q, &keys, c, backwards);
+    }
+    sql.push(" ORDER BY ");
+    for (i, (k, key)) in keys.iter().zip(&q.sort).enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.append(k.clone());
+        sql.push(if key.descending != backwards {
+            " DESC"
+        } else {
+            " ASC"
+        });
+    }
+    if !keys.is_empty() {
+        sql.push(", ");
+    }
+    sql.push(if backwards {
+        "r.rid DESC LIMIT "
+    } else {
+        "r.rid ASC LIMIT "
+    });
+    sql.int(q.count + 1);
+    let mut hits = load_hits(conn, sql)?;
+    let more = hits.len() as i64 > q.count;
+    hits.truncate(q.count as usize);
+    if backwards {
+        hits.reverse();
+    }
+    let boundary = |conn: &mut DbConn, hit: &Hit, d: &str| -> FhirResult<Cursor> {
+        Ok(Cursor {
+            d: d.into(),
+            r: hit.rid,
+            k: key_values(conn, &planner, &q.sort, hit.rid)?,
+        })
+    };
+    let (has_next, has_prev) = if backwards {
+        (true, more)
+    } else {
+        (more, cursor.is_some())
+    };
+    if let (true, Some(last)) = (has_next, hits.last()) {
+        page.next = Some(boundary(conn, last, "n")?);
+    }
+    if let (true, Some(first)) = (has_prev, hits.first()) {
+        page.prev = Some(boundary(conn, first, "p")?);
+    }
+    if page.total.is_none() && cursor.is_none() && !more {
+        page.total = Some(hits.len() as i64);
+    }
+    page.included = includes(conn, q, &hits)?;
+    let rids: Vec<i64> = hits.iter().chain(&page.included).map(|h| h.rid).collect();
+    page.contents = contents(conn, &rids)?
+        .into_iter()
+        .map(|c| (c.rid, c.content))
+        .collect();
+    page.matches = hits;
+    Ok(page)
+}
+
+/// `(k1, k2, …, rid)` after (or before) the cursor's values, each key in its own direction.
+fn keyset(sql: &mut Sql, q: &SearchQuery, keys: &[Sql], c: &Cursor, backwards: bool) {
+    let cmp = |desc: bool| if desc != backwards { " < " } else { " > " };
+    let value = |sql: &mut Sql, v: &KeyValue| {
+        match v {
+            KeyValue::Int(i) => sql.int(*i),
+            KeyValue::Float(f) => sql.float(*f),
+            KeyValue::Text(s) => sql.text(s),
+        };
+    };
+    let pairs: Vec<_> = keys.iter().zip(&q.sort).zip(&c.k).collect();
+    sql.push("(");
+    for ((key, sort), v) in &pairs {
+        sql.append((*key).clone());
+        sql.push(cmp(sort.descending));
+        value(sql, v);
+        sql.push(" OR (");
+        sql.append((*key).clone());
+        sql.push(" = ");
+        value(sql, v);
+        sql.push(" AND ");
+    }
+    sql.push("r.rid").push(cmp(false)).int(c.r);
+    for _ in &pairs {
+        sql.push(")");
+    }
+    sql.push(")");
+}
+
+fn includes(conn: &mut DbConn, q: &SearchQuery, matches: &[Hit]) -> FhirResult<Vec<Hit>> {
+    if q.includes.is_empty() && q.revincludes.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut seen: HashSet<i64> = matches.iter().map(|h| h.rid).collect();
+    let mut frontier: Vec<Hit> = matches.iter().map(clone_hit).collect();
+    let mut out: Vec<Hit> = Vec::new();
+    for round in 0..=MAX_ITERATE {
+        let applies = |inc: &&Include| round == 0 || inc.iterate;
+        let mut found: Vec<Hit> = Vec::new();
+        for inc in q.includes.iter().filter(applies) {
+            let sources: Vec<i64> = frontier
+                .iter()
+                .filter(|h| inc.source_type == "*" || h.res_type == inc.source_type)
+                .map(|h| h.rid)
+                .collect();
+            let refs = references_from(
+                conn,
+                &sources,
+                inc.param.as_deref(),
+                inc.target_type.as_deref(),
+            )?;
+            let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+            for r in refs
+                .into_iter()
+                .filter(|r| fhir::is_enabled(&r.target_type))
+            {
+                by_type.entry(r.target_type).or_default().push(r.target_id);
+            }
+            for (t, ids) in by_type {
+                found.extend(hits_by_ids(conn, &t, &ids)?);
+            }
+        }
+        for inc in q
+            .revincludes
+            .iter()
+            .filter(applies)
+            .filter(|i| i.source_type != "*")
+        {
+            let mut by_type: HashMap<&str, Vec<String>> = HashMap::new();
+            for h in &frontier {
+                by_type
+                    .entry(&h.res_type)
+                    .or_default()
+                    .push(h.res_id.clone());
+            }
+            for (t, ids) in by_type {
+                found.extend(referencing(
+                    conn,
+                    &inc.source_type,
+                    inc.param.as_deref(),
+                    t,
+                    &ids,
+                )?);
+            }
+        }
+        let fresh: Vec<Hit> = found.into_iter().filter(|h| seen.insert(h.rid)).collect();
+        if fresh.is_empty() || out.len() >= MAX_INCLUDES {
+            break;
+        }
+        frontier = fresh.iter().map(clone_hit).collect();
+        out.extend(fresh);
+    }
+    out.truncate(MAX_INCLUDES);
+    Ok(out)
+}
+
+fn clone_hit(h: &Hit) -> Hit {
+    Hit {
+        rid: h.rid,
+        res_type: h.res_type.clone(),
+        res_id: h.res_id.clone(),
+    }
+}
