@@ -23,6 +23,8 @@ enum Command {
     Serve(Box<Settings>),
     /// Apply pending database migrations, then exit
     Migrate(DatabaseArgs),
+    /// Rebuild the search indexes of every resource (after search definitions change)
+    Reindex(Box<Settings>),
 }
 
 /// Reports a startup failure on one line (driver messages may span several) and exits with 2.
@@ -77,6 +79,23 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Reindex(settings) => {
+            if let Err(e) = settings.validate() {
+                return fail(e);
+            }
+            cairn::telemetry::init(settings.log_format);
+            let result = actix_web::rt::System::new().block_on(async move {
+                let engine = cairn::http::engine(&settings, 8080)?;
+                engine.reindex().await.map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(n) => {
+                    println!("reindexed {n} resources");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Serve(settings) => {
             if let Err(e) = settings.validate() {
                 return fail(e);

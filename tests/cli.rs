@@ -155,3 +155,63 @@ fn sigterm_stops_the_server_gracefully() {
     assert_eq!(v["level"], "INFO");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn reindex_rebuilds_the_search_index() {
+    use diesel::{Connection, RunQueryDsl, SqliteConnection};
+    let dir = temp_dir();
+    let db = format!("{}/cairn.sqlite", dir.display());
+    let url = format!("sqlite://{db}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let mut server = cairn()
+        .env("CAIRN_DATABASE_URL", &url)
+        .env("CAIRN_LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while ureq::get(&format!("{base}/metadata")).call().is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let patient = r#"{"resourceType":"Patient","name":[{"family":"Okafor"}]}"#;
+    ureq::post(&format!("{base}/Patient"))
+        .set("Content-Type", "application/fhir+json")
+        .send_string(patient)
+        .unwrap();
+    let found = |base: &str| -> usize {
+        let b: serde_json::Value = ureq::get(&format!("{base}/Patient?family=okafor"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        b["entry"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(found(&base), 1);
+    // Lose the index, as if the definitions had changed.
+    let mut conn = SqliteConnection::establish(&db).unwrap();
+    diesel::sql_query("DELETE FROM idx_string")
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(found(&base), 0);
+    let out = cairn()
+        .args(["reindex"])
+        .env("CAIRN_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reindexed 1 resources"));
+    assert_eq!(found(&base), 1);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}

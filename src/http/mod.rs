@@ -90,6 +90,21 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// The interaction engine for `settings` (opens, and migrates, the database).
+pub fn engine(settings: &Settings, port: u16) -> Result<Engine, String> {
+    let store = Store::open(
+        settings.database_url(),
+        settings.pool_size,
+        std::time::Duration::from_secs(settings.pool_timeout_secs),
+    )?;
+    Ok(Engine {
+        store,
+        base_url: settings.base_url_for(port),
+        default_count: settings.default_count,
+        max_count: settings.max_count,
+    })
+}
+
 /// A bound, not yet running server (zero2prod's `Application`): tests build it on port 0.
 pub struct Application {
     port: u16,
@@ -98,23 +113,14 @@ pub struct Application {
 
 impl Application {
     pub fn build(settings: &Settings) -> Result<Application, String> {
-        let store = Store::open(
-            settings.database_url(),
-            settings.pool_size,
-            std::time::Duration::from_secs(settings.pool_timeout_secs),
-        )?;
         let listener = TcpListener::bind(&settings.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let base_url = settings.base_url_for(port);
-        tracing::info!(%base_url, backend = ?store.backend(), "Cairn is serving FHIR R4");
+        let engine = engine(settings, port)?;
+        tracing::info!(base_url = %engine.base_url, backend = ?engine.store.backend(),
+            "Cairn is serving FHIR R4");
         let state = web::Data::new(AppState {
-            engine: Engine {
-                store,
-                base_url,
-                default_count: settings.default_count,
-                max_count: settings.max_count,
-            },
+            engine,
             max_body_size: settings.max_body_size as usize,
         });
         let server = HttpServer::new(move || {

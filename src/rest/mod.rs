@@ -324,6 +324,34 @@ impl Engine {
         .await
     }
 
+    /// Rebuilds the search index of every live resource (after the definitions changed), a batch
+    /// per transaction. Returns how many resources were indexed.
+    pub async fn reindex(&self) -> FhirResult<u64> {
+        const BATCH: i64 = 500;
+        let (mut after, mut done) = (0i64, 0u64);
+        loop {
+            let base = self.base_url.clone();
+            let (last, n) = self
+                .store
+                .write(move |conn| {
+                    let rows = store::search::live_after(conn, after, BATCH)?;
+                    for row in &rows {
+                        let resource: Value = serde_json::from_str(&row.content)
+                            .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+                        let entries = crate::search::extract(&resource, &base);
+                        store::search::replace_index(conn, row.rid, &entries)?;
+                    }
+                    Ok((rows.last().map(|r| r.rid), rows.len() as u64))
+                })
+                .await?;
+            done += n;
+            match last {
+                Some(rid) => after = rid,
+                None => return Ok(done),
+            }
+        }
+    }
+
     /// Runs a write transaction, retrying when it lost a race, unless the client pinned a version
     /// with If-Match: then losing the race means its version is stale, which is a 412.
     async fn retrying<F>(

@@ -1123,3 +1123,14 @@ fn clone_hit(h: &Hit) -> Hit {
         res_id: h.res_id.clone(),
     }
 }
+
+/// A batch of live resources after row id `after`, for reindexing: (rid, content).
+pub fn live_after(conn: &mut DbConn, after: i64, limit: i64) -> FhirResult<Vec<ContentRow>> {
+    let mut q = Sql::new(
+        "SELECT r.rid AS rid, h.content AS content FROM resources r JOIN resource_history h \
+         ON h.res_type = r.res_type AND h.res_id = r.res_id AND h.version = r.version \
+         WHERE r.deleted = 0 AND r.rid > ",
+    );
+    q.int(after).push(" ORDER BY r.rid LIMIT ").int(limit);
+    Ok(q.load(conn)?)
+}
