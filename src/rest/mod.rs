@@ -168,7 +168,7 @@ fn write_version(
         content,
     };
     let rid = store::append(conn, prev, &new)?;
-    store::search::replace_index(conn, rid, &entries)?;
+    store::search::replace_index(conn, rid, &entries, prev.is_none())?;
     Ok(Stored {
         resource_type: new.res_type,
         id: new.res_id,
@@ -324,6 +324,41 @@ impl Engine {
         .await
     }
 
+    /// Stores a batch of resources with client-chosen ids in one transaction (bulk loads: the
+    /// benchmark's data set). Each is validated like any request body.
+    pub async fn load_batch(&self, resources: Vec<Value>) -> FhirResult<usize> {
+        let mut checked = Vec::with_capacity(resources.len());
+        for r in resources {
+            let body = serde_json::to_vec(&r).map_err(|e| FhirError::Internal(e.to_string()))?;
+            let r = fhir::parse_resource(&body, fhir::Format::Json)?;
+            let ty = body_type(&r).to_string();
+            ensure_type(&ty)?;
+            let id = r
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if !fhir::valid_id(&id) {
+                return Err(FhirError::invalid(
+                    format!("'{id}' is not a valid id"),
+                    "id",
+                ));
+            }
+            checked.push((ty, id, r));
+        }
+        let base = self.base_url.clone();
+        self.store
+            .write(move |conn| {
+                let n = checked.len();
+                for (ty, id, r) in checked {
+                    let prev = store::current_for_update(conn, &ty, &id)?;
+                    write_version(conn, &base, prev.as_ref(), &ty, &id, "PUT", Some(r))?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
     /// Rebuilds the search index of every live resource (after the definitions changed), a batch
     /// per transaction. Returns how many resources were indexed.
     pub async fn reindex(&self) -> FhirResult<u64> {
@@ -339,7 +374,7 @@ impl Engine {
                         let resource: Value = serde_json::from_str(&row.content)
                             .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
                         let entries = crate::search::extract(&resource, &base);
-                        store::search::replace_index(conn, row.rid, &entries)?;
+                        store::search::replace_index(conn, row.rid, &entries, false)?;
                     }
                     Ok((rows.last().map(|r| r.rid), rows.len() as u64))
                 })

@@ -117,6 +117,26 @@ impl Engine {
         Ok(self.bundle(&path, &query, page))
     }
 
+    /// The database's query plan for a type search (for benchmarks and diagnostics).
+    pub async fn explain_search(
+        &self,
+        ty: &str,
+        params: &[(String, String)],
+    ) -> FhirResult<Vec<String>> {
+        ensure_type(ty)?;
+        let opts = ParseOptions {
+            default_count: self.default_count,
+            max_count: self.max_count,
+            strict: false,
+            base_url: &self.base_url,
+        };
+        let query = search::parse(vec![ty.to_string()], params, &opts)?;
+        let backend = self.store.backend();
+        self.store
+            .read(move |conn| crate::store::search::explain(conn, backend, &query))
+            .await
+    }
+
     fn bundle(&self, path: &str, q: &SearchQuery, page: Page) -> Value {
         let link = |cursor: Option<&Cursor>| {
             let mut ser = url::form_urlencoded::Serializer::new(String::new());

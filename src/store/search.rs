@@ -31,152 +31,155 @@ const INDEX_TABLES: &[&str] = &[
     "idx_composite",
 ];
 
-/// Replaces the index rows of resource `rid` with `entries` (none for a deletion).
-pub fn replace_index(conn: &mut DbConn, rid: i64, entries: &[IndexEntry]) -> FhirResult<()> {
-    for t in INDEX_TABLES {
-        let mut q = Sql::new(&format!("DELETE FROM {t} WHERE rid = "));
-        q.int(rid);
-        q.execute(conn)?;
+/// Replaces the index rows of resource `rid` with `entries` (none for a deletion). `fresh`: the
+/// resource is new, so it has no rows to delete.
+pub fn replace_index(
+    conn: &mut DbConn,
+    rid: i64,
+    entries: &[IndexEntry],
+    fresh: bool,
+) -> FhirResult<()> {
+    if !fresh {
+        for t in INDEX_TABLES {
+            let mut q = Sql::new(&format!("DELETE FROM {t} WHERE rid = "));
+            q.int(rid);
+            q.execute(conn)?;
+        }
     }
+    // One multi-row INSERT per table (in chunks, under both backends' bind-parameter limits).
+    let mut by_table: Vec<(&'static str, &'static str, Vec<&IndexEntry>)> = Vec::new();
     for e in entries {
-        insert_entry(conn, rid, e)?.execute(conn)?;
+        let (table, cols) = columns(&e.value);
+        match by_table.iter_mut().find(|(t, _, _)| *t == table) {
+            Some((_, _, rows)) => rows.push(e),
+            None => by_table.push((table, cols, vec![e])),
+        }
+    }
+    for (table, cols, rows) in by_table {
+        for chunk in rows.chunks(500) {
+            let mut q = Sql::new(&format!("INSERT INTO {table} (rid, param, {cols}) VALUES "));
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                values(&mut q, rid, e);
+            }
+            q.execute(conn)?;
+        }
     }
     Ok(())
 }
 
-fn insert_entry(_conn: &mut DbConn, rid: i64, e: &IndexEntry) -> FhirResult<Sql> {
-    let mut q = Sql::default();
-    let head = |q: &mut Sql, table: &str, cols: &str| {
-        q.push(&format!(
-            "INSERT INTO {table} (rid, param, {cols}) VALUES ("
-        ));
-        q.int(rid).push(", ").text(&e.param);
+fn columns(v: &IndexValue) -> (&'static str, &'static str) {
+    match v {
+        IndexValue::String { .. } => ("idx_string", "norm, exact"),
+        IndexValue::Token { .. } => (
+            "idx_token",
+            "system, code, text_norm, type_system, type_code",
+        ),
+        IndexValue::Reference { .. } => (
+            "idx_reference",
+            "target_type, target_id, url, ident_system, ident_value",
+        ),
+        IndexValue::Date { .. } => ("idx_date", "lo, hi"),
+        IndexValue::Number { .. } => ("idx_number", "lo, hi"),
+        IndexValue::Quantity(_) => (
+            "idx_quantity",
+            "lo, hi, system, code, canon_lo, canon_hi, canon_code",
+        ),
+        IndexValue::Uri { .. } => ("idx_uri", "value"),
+        IndexValue::Composite { .. } => (
+            "idx_composite",
+            "system1, code1, system2, code2, text2, lo2, hi2, dlo2, dhi2",
+        ),
+    }
+}
+
+/// The `(rid, param, …)` tuple of one entry.
+fn values(q: &mut Sql, rid: i64, e: &IndexEntry) {
+    q.push("(").int(rid).push(", ").text(&e.param);
+    let float = |q: &mut Sql, v: Option<f64>| {
+        match v {
+            Some(f) => q.push(", ").float(f),
+            None => q.push(", NULL"),
+        };
     };
-    let opt = |q: &mut Sql, v: f64| {
-        q.push(", ").float(v);
+    let int = |q: &mut Sql, v: Option<i64>| {
+        match v {
+            Some(i) => q.push(", ").int(i),
+            None => q.push(", NULL"),
+        };
+    };
+    let texts = |q: &mut Sql, vs: &[&String]| {
+        for v in vs {
+            q.push(", ").text(v);
+        }
     };
     match &e.value {
-        IndexValue::String { norm, exact } => {
-            head(&mut q, "idx_string", "norm, exact");
-            q.push(", ").text(norm).push(", ").text(exact);
-        }
+        IndexValue::String { norm, exact } => texts(q, &[norm, exact]),
         IndexValue::Token {
             system,
             code,
             text_norm,
             type_system,
             type_code,
-        } => {
-            head(
-                &mut q,
-                "idx_token",
-                "system, code, text_norm, type_system, type_code",
-            );
-            for v in [system, code, text_norm, type_system, type_code] {
-                q.push(", ").text(v);
-            }
-        }
+        } => texts(q, &[system, code, text_norm, type_system, type_code]),
         IndexValue::Reference {
             target_type,
             target_id,
             url,
             ident_system,
             ident_value,
-        } => {
-            head(
-                &mut q,
-                "idx_reference",
-                "target_type, target_id, url, ident_system, ident_value",
-            );
-            for v in [target_type, target_id, url, ident_system, ident_value] {
-                q.push(", ").text(v);
-            }
-        }
+        } => texts(q, &[target_type, target_id, url, ident_system, ident_value]),
         IndexValue::Date { lo, hi } => {
-            head(&mut q, "idx_date", "lo, hi");
-            q.push(", ").int(*lo).push(", ").int(*hi);
+            int(q, Some(*lo));
+            int(q, Some(*hi));
         }
         IndexValue::Number { lo, hi } => {
-            head(&mut q, "idx_number", "lo, hi");
-            opt(&mut q, *lo);
-            opt(&mut q, *hi);
+            float(q, Some(*lo));
+            float(q, Some(*hi));
         }
         IndexValue::Quantity(v) => {
-            head(
-                &mut q,
-                "idx_quantity",
-                "lo, hi, system, code, canon_lo, canon_hi, canon_code",
-            );
-            opt(&mut q, v.lo);
-            opt(&mut q, v.hi);
-            q.push(", ").text(&v.system).push(", ").text(&v.code);
-            match &v.canonical {
-                Some((lo, hi, unit)) => {
-                    opt(&mut q, *lo);
-                    opt(&mut q, *hi);
-                    q.push(", ").text(unit);
-                }
-                None => {
-                    q.push(", NULL, NULL, ''");
-                }
-            }
+            float(q, Some(v.lo));
+            float(q, Some(v.hi));
+            texts(q, &[&v.system, &v.code]);
+            let (clo, chi, unit) = match &v.canonical {
+                Some((lo, hi, unit)) => (Some(*lo), Some(*hi), unit.clone()),
+                None => (None, None, String::new()),
+            };
+            float(q, clo);
+            float(q, chi);
+            q.push(", ").text(&unit);
         }
-        IndexValue::Uri { value } => {
-            head(&mut q, "idx_uri", "value");
-            q.push(", ").text(value);
-        }
+        IndexValue::Uri { value } => texts(q, &[value]),
         IndexValue::Composite {
             system1,
             code1,
             second,
         } => {
-            head(
-                &mut q,
-                "idx_composite",
-                "system1, code1, system2, code2, text2, lo2, hi2, dlo2, dhi2",
-            );
-            q.push(", ").text(system1).push(", ").text(code1);
-            let (mut s2, mut c2, mut t2) = (String::new(), String::new(), String::new());
+            texts(q, &[system1, code1]);
+            let empty = String::new();
+            let (mut s2, mut c2, mut t2) = (&empty, &empty, &empty);
             let (mut lo2, mut hi2, mut dlo2, mut dhi2) = (None, None, None, None);
             match second.as_ref() {
-                IndexValue::Token { system, code, .. } => (s2, c2) = (system.clone(), code.clone()),
-                IndexValue::String { norm, .. } => t2 = norm.clone(),
+                IndexValue::Token { system, code, .. } => (s2, c2) = (system, code),
+                IndexValue::String { norm, .. } => t2 = norm,
                 IndexValue::Quantity(v) => {
                     (lo2, hi2) = (Some(v.lo), Some(v.hi));
-                    (s2, c2) = (v.system.clone(), v.code.clone());
+                    (s2, c2) = (&v.system, &v.code);
                 }
                 IndexValue::Number { lo, hi } => (lo2, hi2) = (Some(*lo), Some(*hi)),
                 IndexValue::Date { lo, hi } => (dlo2, dhi2) = (Some(*lo), Some(*hi)),
                 _ => {}
             }
-            q.push(", ")
-                .text(&s2)
-                .push(", ")
-                .text(&c2)
-                .push(", ")
-                .text(&t2);
-            for v in [lo2, hi2] {
-                match v {
-                    Some(f) => opt(&mut q, f),
-                    None => {
-                        q.push(", NULL");
-                    }
-                }
-            }
-            for v in [dlo2, dhi2] {
-                match v {
-                    Some(i) => {
-                        q.push(", ").int(i);
-                    }
-                    None => {
-                        q.push(", NULL");
-                    }
-                }
-            }
+            texts(q, &[s2, c2, t2]);
+            float(q, lo2);
+            float(q, hi2);
+            int(q, dlo2);
+            int(q, dhi2);
         }
     }
     q.push(")");
-    Ok(q)
 }
 
 /// The table holding a parameter type's index rows.
@@ -221,6 +224,88 @@ impl Planner {
         match self.backend {
             Backend::Postgres => " COLLATE \"C\"",
             Backend::Sqlite => "",
+        }
+    }
+
+    /// How well a condition narrows the rows (lower is better), for choosing the one that drives
+    /// the query; None: it cannot drive (negations, `:missing`, chains, `_has`).
+    fn selectivity(c: &Condition) -> Option<u8> {
+        match c {
+            Condition::Id(_) => Some(0),
+            Condition::Compartment { .. } => Some(1),
+            Condition::Param { negate: true, .. } => None,
+            Condition::Param { kind, any, .. } => Some(match kind {
+                ParamType::Reference
+                    if any.iter().all(|m| {
+                        matches!(
+                            m,
+                            Match::Reference {
+                                target_id: Some(_),
+                                ..
+                            }
+                        )
+                    }) =>
+                {
+                    1
+                }
+                ParamType::Token | ParamType::Uri | ParamType::Composite => 3,
+                ParamType::String => 4,
+                _ => 5,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The index of the condition that should drive the query, if any can.
+    pub fn driver(conditions: &[Condition]) -> Option<usize> {
+        conditions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Self::selectivity(c).map(|s| (s, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
+    /// `c` written as a set of row ids (`r.rid IN (SELECT rid FROM idx_… WHERE …)`), which both
+    /// planners turn into an index lookup that drives the query instead of a scan of `resources`.
+    pub fn driving_condition(&mut self, q: &mut Sql, c: &Condition, r: &str) {
+        match c {
+            Condition::Param {
+                param,
+                kind,
+                any,
+                negate: false,
+            } => {
+                let t = self.alias("d");
+                q.push(&format!(
+                    "{r}.rid IN (SELECT {t}.rid FROM {} {t} WHERE {t}.param = ",
+                    table_of(*kind)
+                ));
+                q.text(param).push(" AND (");
+                for (i, m) in any.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" OR ");
+                    }
+                    self.value(q, m, &t);
+                }
+                q.push("))");
+            }
+            Condition::Compartment {
+                comp_type,
+                id,
+                params,
+            } if !params.is_empty() => {
+                let t = self.alias("k");
+                q.push(&format!(
+                    "({r}.rid IN (SELECT {t}.rid FROM idx_reference {t} WHERE {t}.param IN "
+                ));
+                q.text_list(params).push(&format!(" AND {t}.target_id = "));
+                q.text(id).push(&format!(" AND {t}.target_type = "));
+                q.text(comp_type).push(&format!(") OR ({r}.res_type = "));
+                q.text(comp_type).push(&format!(" AND {r}.res_id = "));
+                q.text(id).push("))");
+            }
+            other => self.condition(q, other, r),
         }
     }
 
@@ -918,9 +1003,14 @@ pub struct Page {
 fn filter(planner: &mut Planner, q: &SearchQuery) -> Sql {
     let mut sql = Sql::new(" FROM resources r WHERE r.deleted = 0 AND r.res_type IN ");
     sql.text_list(&q.types);
-    for c in &q.conditions {
+    let driver = Planner::driver(&q.conditions);
+    for (i, c) in q.conditions.iter().enumerate() {
         sql.push(" AND ");
-        planner.condition(&mut sql, c, "r");
+        if Some(i) == driver {
+            planner.driving_condition(&mut sql, c, "r");
+        } else {
+            planner.condition(&mut sql, c, "r");
+        }
     }
     sql
 }
@@ -955,34 +1045,7 @@ pub fn run(
         return Ok(page);
     }
     let backwards = cursor.is_some_and(|c| c.d == "p");
-    let keys: Vec<Sql> = q.sort.iter().map(|k| planner.sort_expr(k, "r")).collect();
-    let mut sql = Sql::new("SELECT r.rid AS rid, r.res_type AS res_type, r.res_id AS res_id");
-    sql.append(where_);
-    if let Some(c) = cursor {
-        sql.push(" AND ");
-        keyset(&mut sql, q, &keys, c, backwards);
-    }
-    sql.push(" ORDER BY ");
-    for (i, (k, key)) in keys.iter().zip(&q.sort).enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.append(k.clone());
-        sql.push(if key.descending != backwards {
-            " DESC"
-        } else {
-            " ASC"
-        });
-    }
-    if !keys.is_empty() {
-        sql.push(", ");
-    }
-    sql.push(if backwards {
-        "r.rid DESC LIMIT "
-    } else {
-        "r.rid ASC LIMIT "
-    });
-    sql.int(q.count + 1);
+    let sql = page_sql(&mut planner, q, where_, cursor, backwards);
     let mut hits = load_hits(conn, sql)?;
     let more = hits.len() as i64 > q.count;
     hits.truncate(q.count as usize);
@@ -1018,6 +1081,83 @@ pub fn run(
         .collect();
     page.matches = hits;
     Ok(page)
+}
+
+/// The statement selecting one page of matches.
+fn page_sql(
+    planner: &mut Planner,
+    q: &SearchQuery,
+    where_: Sql,
+    cursor: Option<&Cursor>,
+    backwards: bool,
+) -> Sql {
+    let keys: Vec<Sql> = q.sort.iter().map(|k| planner.sort_expr(k, "r")).collect();
+    let mut sql = Sql::new("SELECT r.rid AS rid, r.res_type AS res_type, r.res_id AS res_id");
+    sql.append(where_);
+    if let Some(c) = cursor {
+        sql.push(" AND ");
+        keyset(&mut sql, q, &keys, c, backwards);
+    }
+    sql.push(" ORDER BY ");
+    for (i, (k, key)) in keys.iter().zip(&q.sort).enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.append(k.clone());
+        sql.push(if key.descending != backwards {
+            " DESC"
+        } else {
+            " ASC"
+        });
+    }
+    if !keys.is_empty() {
+        sql.push(", ");
+    }
+    sql.push(if backwards {
+        "r.rid DESC LIMIT "
+    } else {
+        "r.rid ASC LIMIT "
+    });
+    sql.int(q.count + 1);
+    sql
+}
+
+#[derive(Debug, QueryableByName)]
+struct SqlitePlanRow {
+    #[diesel(sql_type = Text)]
+    detail: String,
+}
+
+#[derive(Debug, QueryableByName)]
+struct PgPlanRow {
+    #[diesel(sql_type = Text)]
+    #[diesel(column_name = "QUERY PLAN")]
+    plan: String,
+}
+
+/// The database's plan for the first page of `q` (EXPLAIN QUERY PLAN on SQLite, EXPLAIN on
+/// PostgreSQL), one line per step.
+pub fn explain(conn: &mut DbConn, backend: Backend, q: &SearchQuery) -> FhirResult<Vec<String>> {
+    let mut planner = Planner::new(backend);
+    let where_ = filter(&mut planner, q);
+    let page = page_sql(&mut planner, q, where_, None, false);
+    let mut sql = Sql::new(match backend {
+        Backend::Sqlite => "EXPLAIN QUERY PLAN ",
+        Backend::Postgres => "EXPLAIN ",
+    });
+    sql.append(page);
+    Ok(match backend {
+        Backend::Sqlite => sql
+            .load::<SqlitePlanRow>(conn)?
+            .into_iter()
+            .map(|r| r.detail)
+            .collect(),
+        Backend::Postgres => sql
+            .load::<PgPlanRow>(conn)?
+            .into_iter()
+            .map(|r| r.plan)
+            .collect(),
+    })
 }
 
 /// `(k1, k2, …, rid)` after (or before) the cursor's values, each key in its own direction.
