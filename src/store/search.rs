@@ -1001,9 +1001,14 @@ pub struct Page {
 
 /// The WHERE clause shared by the page query and the count.
 fn filter(planner: &mut Planner, q: &SearchQuery) -> Sql {
-    let mut sql = Sql::new(" FROM resources r WHERE r.deleted = 0 AND r.res_type IN ");
-    sql.text_list(&q.types);
     let driver = Planner::driver(&q.conditions);
+    // With a driving condition, the type test must not be usable as an index (an expression is
+    // not), or the planner may scan every resource of the type instead.
+    let mut sql = Sql::new(match driver {
+        Some(_) => " FROM resources r WHERE r.deleted = 0 AND (r.res_type || '') IN ",
+        None => " FROM resources r WHERE r.deleted = 0 AND r.res_type IN ",
+    });
+    sql.text_list(&q.types);
     for (i, c) in q.conditions.iter().enumerate() {
         sql.push(" AND ");
         if Some(i) == driver {

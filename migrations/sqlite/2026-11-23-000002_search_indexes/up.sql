@@ -1,13 +1,14 @@
 -- Search indexes: one typed table per kind of search parameter, holding the values extracted from
 -- each resource's current version (rewritten, in the same transaction, by every write).
--- Text columns are never NULL ('' for absent) so one equality serves both backends.
+-- Text columns are never NULL ('' for absent) so one equality serves both backends. Each table has
+-- a covering (rid, param, …) index for per-resource probes and sort keys, and lookup indexes by value.
 CREATE TABLE idx_string (
     rid BIGINT NOT NULL REFERENCES resources (rid),
     param TEXT NOT NULL,
     norm TEXT NOT NULL DEFAULT '',
     exact TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX idx_string_rid ON idx_string (rid, param);
+CREATE INDEX idx_string_rid ON idx_string (rid, param, norm);
 CREATE INDEX idx_string_lookup0 ON idx_string (param, norm, rid);
 CREATE TABLE idx_token (
     rid BIGINT NOT NULL REFERENCES resources (rid),
@@ -18,7 +19,7 @@ CREATE TABLE idx_token (
     type_system TEXT NOT NULL DEFAULT '',
     type_code TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX idx_token_rid ON idx_token (rid, param);
+CREATE INDEX idx_token_rid ON idx_token (rid, param, code, system);
 CREATE INDEX idx_token_lookup0 ON idx_token (param, code, system, rid);
 CREATE TABLE idx_reference (
     rid BIGINT NOT NULL REFERENCES resources (rid),
@@ -29,7 +30,7 @@ CREATE TABLE idx_reference (
     ident_system TEXT NOT NULL DEFAULT '',
     ident_value TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX idx_reference_rid ON idx_reference (rid, param);
+CREATE INDEX idx_reference_rid ON idx_reference (rid, param, target_type, target_id);
 CREATE INDEX idx_reference_lookup0 ON idx_reference (param, target_id, target_type, rid);
 CREATE INDEX idx_reference_lookup1 ON idx_reference (target_type, target_id, param, rid);
 CREATE TABLE idx_date (
@@ -38,7 +39,7 @@ CREATE TABLE idx_date (
     lo BIGINT,
     hi BIGINT
 );
-CREATE INDEX idx_date_rid ON idx_date (rid, param);
+CREATE INDEX idx_date_rid ON idx_date (rid, param, lo, hi);
 CREATE INDEX idx_date_lookup0 ON idx_date (param, lo, hi, rid);
 CREATE TABLE idx_number (
     rid BIGINT NOT NULL REFERENCES resources (rid),
@@ -46,7 +47,7 @@ CREATE TABLE idx_number (
     lo DOUBLE,
     hi DOUBLE
 );
-CREATE INDEX idx_number_rid ON idx_number (rid, param);
+CREATE INDEX idx_number_rid ON idx_number (rid, param, lo, hi);
 CREATE INDEX idx_number_lookup0 ON idx_number (param, lo, rid);
 CREATE TABLE idx_quantity (
     rid BIGINT NOT NULL REFERENCES resources (rid),
@@ -59,7 +60,7 @@ CREATE TABLE idx_quantity (
     canon_hi DOUBLE,
     canon_code TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX idx_quantity_rid ON idx_quantity (rid, param);
+CREATE INDEX idx_quantity_rid ON idx_quantity (rid, param, canon_code, canon_lo, canon_hi, lo, hi, system, code);
 CREATE INDEX idx_quantity_lookup0 ON idx_quantity (param, canon_code, canon_lo, rid);
 CREATE INDEX idx_quantity_lookup1 ON idx_quantity (param, lo, rid);
 CREATE TABLE idx_uri (
@@ -67,7 +68,7 @@ CREATE TABLE idx_uri (
     param TEXT NOT NULL,
     value TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX idx_uri_rid ON idx_uri (rid, param);
+CREATE INDEX idx_uri_rid ON idx_uri (rid, param, value);
 CREATE INDEX idx_uri_lookup0 ON idx_uri (param, value, rid);
 CREATE TABLE idx_composite (
     rid BIGINT NOT NULL REFERENCES resources (rid),
@@ -82,5 +83,5 @@ CREATE TABLE idx_composite (
     dlo2 BIGINT,
     dhi2 BIGINT
 );
-CREATE INDEX idx_composite_rid ON idx_composite (rid, param);
+CREATE INDEX idx_composite_rid ON idx_composite (rid, param, code1, system1);
 CREATE INDEX idx_composite_lookup0 ON idx_composite (param, code1, system1, rid);
