@@ -30,9 +30,12 @@ struct Args {
     /// Skip loading (the database already holds the data set)
     #[arg(long)]
     no_load: bool,
-    /// Requests per query
+    /// Requests per patient-scoped query (and per read)
     #[arg(long, default_value_t = 400)]
     requests: usize,
+    /// Requests per query over the whole data set (the count and the name prefix)
+    #[arg(long, default_value_t = 40)]
+    wide_requests: usize,
     /// Concurrent clients
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -187,24 +190,30 @@ fn main() -> Result<(), String> {
     let port = rx.recv().map_err(|e| e.to_string())??;
     let base = format!("http://127.0.0.1:{port}/fhir");
     let patients = args.patients.max(1);
-    let queries: Vec<(&str, UrlFor)> = vec![
+    // (label, URL for a patient number, patient-scoped?)
+    let queries: Vec<(&str, UrlFor, bool)> = vec![
         ("Observation?patient=X&code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50",
-         Box::new(|p| format!("Observation?patient=p{p}&code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50"))),
+         Box::new(|p| format!("Observation?patient=p{p}&code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50")), true),
         ("CarePlan?patient=X&status=active&_include=CarePlan:goal",
-         Box::new(|p| format!("CarePlan?patient=p{p}&status=active&_include=CarePlan:goal"))),
+         Box::new(|p| format!("CarePlan?patient=p{p}&status=active&_include=CarePlan:goal")), true),
         ("Observation?code=http://loinc.org|44261-6&value-quantity=gt19&_count=100&_total=accurate",
-         Box::new(|_| "Observation?code=http://loinc.org|44261-6&value-quantity=gt19&_count=100&_total=accurate".into())),
-        ("Patient?name=smi", Box::new(|_| "Patient?name=smi".into())),
-        ("Patient/X (read, for scale)", Box::new(|p| format!("Patient/p{p}"))),
+         Box::new(|_| "Observation?code=http://loinc.org|44261-6&value-quantity=gt19&_count=100&_total=accurate".into()), false),
+        ("Patient?name=smi", Box::new(|_| "Patient?name=smi".into()), false),
+        ("Patient/X (read, for scale)", Box::new(|p| format!("Patient/p{p}")), true),
     ];
     println!("| query | requests | p50 ms | p99 ms | requests/s |");
     println!("|---|---|---|---|---|");
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
         .build();
-    for (name, make) in &queries {
+    for (name, make, scoped) in &queries {
+        let requests = if *scoped {
+            args.requests
+        } else {
+            args.wide_requests
+        };
         // Warm up, then measure.
-        for i in 0..20 {
+        for i in 0..requests.min(20) {
             let _ = agent.get(&format!("{base}/{}", make(i % patients))).call();
         }
         let next = AtomicUsize::new(0);
@@ -218,7 +227,7 @@ fn main() -> Result<(), String> {
                         let mut lat = Vec::new();
                         loop {
                             let n = next.fetch_add(1, Ordering::Relaxed);
-                            if n >= args.requests {
+                            if n >= requests {
                                 return lat;
                             }
                             let url = format!("{base}/{}", make(rng.gen_range(0..patients)));
