@@ -408,21 +408,9 @@ fn history_pages_and_filters_by_time(app: &TestApp) {
     }
     let first = app.get("Patient/_history?_count=2").json();
     assert_eq!(first["entry"].as_array().unwrap().len(), 2);
-    assert!(first["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|l| l["relation"] == "next"));
+    assert!(common::link(&first, "next").is_some());
     // A write between pages neither repeats nor skips an entry of the original listing.
-    let next_url = first["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let next_url = common::link(&first, "next").unwrap();
     let late = app.create(&patient());
     let rest = app.all_entries(&next_url);
     let mut seen: Vec<String> = first["entry"]

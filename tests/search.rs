@@ -488,40 +488,16 @@ fn sort_paging_and_totals(app: &TestApp) {
         .json();
     assert_eq!(first["total"], 4);
     assert_eq!(first["entry"].as_array().unwrap().len(), 2);
-    let next = first["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let next = common::link(&first, "next").unwrap();
     let second = app.get(&next).json();
-    let prev = second["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "previous")
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let prev = common::link(&second, "previous").unwrap();
     assert_eq!(app.get(&prev).json()["entry"], first["entry"]);
     let count = app.get("Observation?code=44261-6&_summary=count").json();
     assert_eq!(count["total"], 4);
     assert!(count.get("entry").is_none());
     // Inserts between pages neither repeat nor skip what was there.
     let page1 = app.get("Patient?_count=2").json();
-    let next = page1["link"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["relation"] == "next")
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let next = common::link(&page1, "next").unwrap();
     std::thread::scope(|s| {
         for i in 0..4 {
             s.spawn(move || {

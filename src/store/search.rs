@@ -281,14 +281,9 @@ impl Planner {
                     "{r}.rid IN (SELECT {t}.rid FROM {} {t} WHERE {t}.param = ",
                     table_of(*kind)
                 ));
-                q.text(param).push(" AND (");
-                for (i, m) in any.iter().enumerate() {
-                    if i > 0 {
-                        q.push(" OR ");
-                    }
-                    self.value(q, m, &t);
-                }
-                q.push("))");
+                q.text(param).push(" AND ");
+                self.any_of(q, any, &t);
+                q.push(")");
             }
             Condition::Compartment {
                 comp_type,
@@ -366,14 +361,9 @@ impl Planner {
                     "{} {t} WHERE {t}.rid = {r}.rid AND {t}.param = ",
                     table_of(*kind)
                 ));
-                q.text(param).push(" AND (");
-                for (i, m) in any.iter().enumerate() {
-                    if i > 0 {
-                        q.push(" OR ");
-                    }
-                    self.value(q, m, &t);
-                }
-                q.push("))");
+                q.text(param).push(" AND ");
+                self.any_of(q, any, &t);
+                q.push(")");
             }
             Condition::Chain {
                 param,
@@ -426,6 +416,18 @@ impl Planner {
                 q.push(")");
             }
         }
+    }
+
+    /// `(m1 OR m2 …)`: the values a parameter's comma-separated alternatives match.
+    fn any_of(&mut self, q: &mut Sql, any: &[Match], t: &str) {
+        q.push("(");
+        for (i, m) in any.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            self.value(q, m, t);
+        }
+        q.push(")");
     }
 
     /// One value match on the index row aliased `t`.

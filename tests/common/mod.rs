@@ -245,15 +245,20 @@ impl TestApp {
             assert!(pages < 10_000, "paging does not end");
             let b = self.get(&url).json();
             out.extend(b["entry"].as_array().cloned().unwrap_or_default());
-            next = b["link"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|l| l["relation"] == "next")
-                .and_then(|l| l["url"].as_str().map(str::to_string));
+            next = link(&b, "next");
         }
         out
     }
+}
+
+/// The URL of a Bundle's link with relation `rel` (`next`, `previous`, `self`).
+pub fn link(bundle: &Value, rel: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == rel)?["url"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Runs each named test body once per backend: `mod sqlite { fn name() }` and `mod postgres { … }`.
