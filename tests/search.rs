@@ -492,6 +492,19 @@ fn sort_paging_and_totals(app: &TestApp) {
     let second = app.get(&next).json();
     let prev = common::link(&second, "previous").unwrap();
     assert_eq!(app.get(&prev).json()["entry"], first["entry"]);
+    let zero = app.get("Observation?code=44261-6&_count=0").json();
+    assert_eq!(zero["total"], 4);
+    assert!(zero.get("entry").is_none());
+    // A tampered paging link is a 400, never a database error.
+    let sorted_next = common::link(&first, "next").unwrap();
+    let (head, _) = sorted_next.split_once("_cursor=").unwrap();
+    for bad in [
+        "%7B%22d%22%3A%22n%22%2C%22r%22%3A1%2C%22k%22%3A%5B%22x%22%5D%7D",
+        "garbage",
+        "%7B%22d%22%3A%22n%22%2C%22r%22%3A1%2C%22k%22%3A%5B%5D%7D",
+    ] {
+        app.get(&format!("{head}_cursor={bad}")).outcome(400);
+    }
     let count = app.get("Observation?code=44261-6&_summary=count").json();
     assert_eq!(count["total"], 4);
     assert!(count.get("entry").is_none());

@@ -625,7 +625,7 @@ fn parse_filter(types: &[String], name: &str, value: &str, base_url: &str) -> Fh
             alternatives
                 .iter()
                 .map(|a| unescape(a))
-                .filter(|a| valid_id(a) || !a.is_empty())
+                .filter(|a| valid_id(a))
                 .collect(),
         )));
     }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::sql::Sql;
 use super::{Backend, DbConn};
-use crate::error::FhirResult;
+use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::search::{
     Condition, Include, IndexEntry, IndexValue, Match, ParamType, Prefix, SearchQuery, SortKey,
@@ -1032,8 +1032,28 @@ pub fn run(
 ) -> FhirResult<Page> {
     let mut planner = Planner::new(backend);
     let where_ = filter(&mut planner, q);
-    let wants_total =
-        matches!(q.total, Total::Accurate | Total::Estimate) || q.summary == Summary::Count;
+    if let Some(c) = cursor {
+        // A cursor comes back from the client: its keys must fit this query's sort exactly.
+        let fits = c.k.len() == q.sort.len()
+            && c.k.iter().zip(&q.sort).all(|(v, key)| {
+                matches!(
+                    (v, sort_kind(key)),
+                    (KeyValue::Int(_), SortKind::Int)
+                        | (KeyValue::Float(_), SortKind::Float)
+                        | (KeyValue::Text(_), SortKind::Text)
+                )
+            });
+        if !fits {
+            return Err(FhirError::invalid(
+                "this paging link does not belong to this search",
+                "_cursor",
+            ));
+        }
+    }
+    // `_count=0` asks for the total alone (search.html#count).
+    let wants_total = matches!(q.total, Total::Accurate | Total::Estimate)
+        || q.summary == Summary::Count
+        || q.count == 0;
     let mut total = None;
     if wants_total {
         let mut c = Sql::new("SELECT COUNT(*) AS n");
