@@ -191,6 +191,11 @@ pub struct ParseOptions<'a> {
 
 pub const CURSOR: &str = "_cursor";
 
+/// Alternatives one parameter may OR together, and filters one search may AND (each becomes bound
+/// SQL parameters; both backends cap how many a statement may have).
+const MAX_ALTERNATIVES: usize = 200;
+const MAX_FILTERS: usize = 50;
+
 fn bad(name: &str, why: impl std::fmt::Display) -> FhirError {
     FhirError::invalid(
         format!("search parameter '{name}': {why}"),
@@ -617,6 +622,12 @@ fn parse_filter(types: &[String], name: &str, value: &str, base_url: &str) -> Fh
         None => (name, None),
     };
     let alternatives = split_escaped(value, ',');
+    if alternatives.len() > MAX_ALTERNATIVES {
+        return Err(bad(
+            name,
+            format!("more than {MAX_ALTERNATIVES} comma-separated values"),
+        ));
+    }
     if code == "_id" {
         if modifier.is_some() {
             return Err(bad(name, "no modifier applies to _id"));
@@ -832,6 +843,12 @@ pub fn parse(
             }
             n if is_control(n) => {}
             _ => match parse_filter(&q.types, name, value, opts.base_url)? {
+                Parsed::Condition(_) if q.conditions.len() >= MAX_FILTERS => {
+                    return Err(bad(
+                        name,
+                        format!("a search may combine at most {MAX_FILTERS} filters"),
+                    ))
+                }
                 Parsed::Condition(c) => {
                     q.conditions.push(c);
                     keep(&mut q);
@@ -932,6 +949,15 @@ mod tests {
         };
         assert_eq!(source_type, "Patient");
         assert!(matches!(*inner, Condition::Has { .. }));
+    }
+
+    #[test]
+    fn oversized_searches_are_refused() {
+        let many = vec!["x"; 201].join(",");
+        assert!(parse(vec!["Patient".into()], &[("family".into(), many)], &opts()).is_err());
+        let filters: Vec<(String, String)> =
+            (0..51).map(|_| ("family".into(), "x".into())).collect();
+        assert!(parse(vec!["Patient".into()], &filters, &opts()).is_err());
     }
 
     #[test]
