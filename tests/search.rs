@@ -577,6 +577,28 @@ fn summary_elements_and_parameter_handling(app: &TestApp) {
     assert_eq!(posted.json()["entry"][0]["resource"]["id"], "ben");
 }
 
+fn common_meta_parameters(app: &TestApp) {
+    load_clinic(app);
+    put(
+        app,
+        json!({"resourceType": "Goal", "id": "g-tagged", "lifecycleStatus": "active",
+        "description": {"text": "tagged"}, "subject": {"reference": "Patient/ana"},
+        "meta": {"source": "urn:ehr:1", "profile": ["http://example.org/StructureDefinition/goal-x"],
+            "tag": [{"system": "urn:tags", "code": "mbc"}],
+            "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}}),
+    );
+    assert_finds(app, "Goal?_tag=urn:tags|mbc", &["g-tagged"]);
+    assert_finds(app, "Goal?_tag=other", &[]);
+    assert_finds(
+        app,
+        "Goal?_profile=http://example.org/StructureDefinition/goal-x",
+        &["g-tagged"],
+    );
+    assert_finds(app, "Goal?_security=R", &["g-tagged"]);
+    assert_finds(app, "Goal?_source=urn:ehr:1", &["g-tagged"]);
+    assert_finds(app, "?_type=Goal,Patient&_tag=urn:tags|mbc", &["g-tagged"]);
+}
+
 fn system_and_compartment_searches(app: &TestApp) {
     load_clinic(app);
     let all = app.all_entries("?_type=Goal,CarePlan&patient=ben");
@@ -617,6 +639,7 @@ on_both_backends!(
     sort_paging_and_totals,
     summary_elements_and_parameter_handling,
     system_and_compartment_searches,
+    common_meta_parameters,
 );
 
 #[test]
