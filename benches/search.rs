@@ -161,6 +161,10 @@ fn main() -> Result<(), String> {
                     loaded as f64 / started.elapsed().as_secs_f64()
                 );
             }
+            // Fresh statistics, as an operator runs ANALYZE after a bulk load.
+            if let Err(e) = engine.store.analyze().await {
+                eprintln!("analyze: {e}");
+            }
             for (ty, query) in [
                 ("Observation", "patient=p1&code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50"),
                 ("CarePlan", "patient=p1&status=active"),

@@ -382,7 +382,10 @@ impl Engine {
             done += n;
             match last {
                 Some(rid) => after = rid,
-                None => return Ok(done),
+                None => {
+                    self.store.analyze().await?;
+                    return Ok(done);
+                }
             }
         }
     }

@@ -201,6 +201,13 @@ impl Store {
         .await
     }
 
+    /// Refreshes the planner's statistics (after bulk loads or a reindex: without them the
+    /// planner may drive a search from an unselective index).
+    pub async fn analyze(&self) -> FhirResult<()> {
+        self.read(|c| c.batch_execute("ANALYZE").map_err(FhirError::from))
+            .await
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> FhirResult<()> {
         self.read(|c| c.batch_execute("SELECT 1").map_err(FhirError::from))

@@ -1004,11 +1004,14 @@ pub struct Page {
 /// The WHERE clause shared by the page query and the count.
 fn filter(planner: &mut Planner, q: &SearchQuery) -> Sql {
     let driver = Planner::driver(&q.conditions);
-    // With a driving condition, the type test must not be usable as an index (an expression is
-    // not), or the planner may scan every resource of the type instead.
-    let mut sql = Sql::new(match driver {
-        Some(_) => " FROM resources r WHERE r.deleted = 0 AND (r.res_type || '') IN ",
-        None => " FROM resources r WHERE r.deleted = 0 AND r.res_type IN ",
+    // With a driving condition, SQLite must not use the type test as an index (an expression is
+    // not one), or its planner scans every resource of the type; PostgreSQL's planner costs both
+    // ways from statistics and does best with the plain test.
+    let hide_type = driver.is_some() && planner.backend == Backend::Sqlite;
+    let mut sql = Sql::new(if hide_type {
+        " FROM resources r WHERE r.deleted = 0 AND (r.res_type || '') IN "
+    } else {
+        " FROM resources r WHERE r.deleted = 0 AND r.res_type IN "
     });
     sql.text_list(&q.types);
     for (i, c) in q.conditions.iter().enumerate() {
