@@ -223,6 +223,29 @@ fn token_parameters_and_modifiers(app: &TestApp) {
     assert_finds(app, "Observation?code:text=anxiety", &["o-ben-gad"]);
     assert_finds(app, "Observation?code:text=gad-7", &["o-ben-gad"]);
     assert_finds(app, "Questionnaire?status=active", &["q-phq9"]);
+    // :in / :not-in with a value set the server knows (the R4 value sets it can expand).
+    let gender_vs = "http://hl7.org/fhir/ValueSet/administrative-gender";
+    assert_finds(
+        app,
+        &format!("Patient?gender:in={gender_vs}"),
+        &["ana", "ben"],
+    );
+    assert_finds(app, &format!("Patient?gender:not-in={gender_vs}"), &["cy"]);
+    assert_finds(
+        app,
+        "Questionnaire?status:in=http://hl7.org/fhir/ValueSet/publication-status|4.0.1",
+        &["q-phq9", "q-draft"],
+    );
+    assert_finds(
+        app,
+        &format!("Observation?patient=ben&code:not-in={gender_vs}"),
+        &["o-ben-1", "o-ben-gad"],
+    );
+    assert_finds(
+        app,
+        &format!("Observation?patient=ben&code:in={gender_vs}"),
+        &[],
+    );
     app.get("Observation?code:in=http://example.org/vs")
         .outcome(400);
 }

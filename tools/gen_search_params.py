@@ -61,3 +61,4 @@ sys.stdout.write("\n")
 
 # src/search/r4-patient-compartment.json: {type: [params]} from ../shared/fhir/compartment-patient.json
 # (CompartmentDefinition.resource[].param), for the types in KNOWN that have any.
+# src/search/r4-value-sets.json (for :in / :not-in) comes from tools/gen_value_sets.py.

@@ -17,6 +17,18 @@ pub use query::{
     Summary, Total, UriMatch, CURSOR,
 };
 
+/// The codes of a value set the server knows (the enumerable R4 value sets, compiled into
+/// `r4-value-sets.json` by `tools/gen_value_sets.py`), by system; a `|version` suffix is ignored.
+pub fn value_set(url: &str) -> Option<&'static HashMap<String, Vec<String>>> {
+    static MAP: OnceLock<HashMap<String, HashMap<String, Vec<String>>>> = OnceLock::new();
+    let url = url.split('|').next().unwrap_or(url);
+    MAP.get_or_init(|| {
+        serde_json::from_str(include_str!("r4-value-sets.json"))
+            .expect("r4-value-sets.json is valid (generated)")
+    })
+    .get(url)
+}
+
 /// The reference parameters by which a resource type belongs to the Patient compartment
 /// (the R4 CompartmentDefinition, compiled into `r4-patient-compartment.json`).
 pub fn patient_compartment(resource_type: &str) -> Option<&'static [String]> {

@@ -663,6 +663,36 @@ fn parse_filter(types: &[String], name: &str, value: &str, base_url: &str) -> Fh
             missing,
         }));
     }
+    if let (ParamType::Token, Some(m @ ("in" | "not-in"))) = (p.kind, modifier) {
+        // Each code of the value set, with its system or without one (a `code` element's implicit
+        // system is not stored).
+        let mut any = Vec::new();
+        for alt in &alternatives {
+            let url = unescape(alt);
+            let codes = super::value_set(&url).ok_or_else(|| {
+                bad(
+                    name,
+                    format!("':{m}' needs a value set this server knows; '{url}' is not one"),
+                )
+            })?;
+            for (system, list) in codes {
+                for code in list {
+                    for s in [system.clone(), String::new()] {
+                        any.push(Match::Token {
+                            system: Some(s),
+                            code: Some(code.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        return Ok(Parsed::Condition(Condition::Param {
+            param: code.into(),
+            kind: p.kind,
+            any,
+            negate: m == "not-in",
+        }));
+    }
     let negate = modifier == Some("not") && p.kind == ParamType::Token;
     let mut any = Vec::new();
     for alt in &alternatives {
