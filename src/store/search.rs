@@ -333,17 +333,8 @@ impl Planner {
                 kind,
                 missing,
             } => {
-                let t = self.alias("m");
-                q.push(if *missing {
-                    "NOT EXISTS (SELECT 1 FROM "
-                } else {
-                    "EXISTS (SELECT 1 FROM "
-                });
-                q.push(&format!(
-                    "{} {t} WHERE {t}.rid = {r}.rid AND {t}.param = ",
-                    table_of(*kind)
-                ));
-                q.text(param).push(")");
+                self.probe(q, *kind, param, *missing, r);
+                q.push(")");
             }
             Condition::Param {
                 param,
@@ -351,17 +342,8 @@ impl Planner {
                 any,
                 negate,
             } => {
-                let t = self.alias("t");
-                q.push(if *negate {
-                    "NOT EXISTS (SELECT 1 FROM "
-                } else {
-                    "EXISTS (SELECT 1 FROM "
-                });
-                q.push(&format!(
-                    "{} {t} WHERE {t}.rid = {r}.rid AND {t}.param = ",
-                    table_of(*kind)
-                ));
-                q.text(param).push(" AND ");
+                let t = self.probe(q, *kind, param, *negate, r);
+                q.push(" AND ");
                 self.any_of(q, any, &t);
                 q.push(")");
             }
@@ -416,6 +398,30 @@ impl Planner {
                 q.push(")");
             }
         }
+    }
+
+    /// Opens `[NOT] EXISTS (SELECT 1 FROM idx_… t WHERE t.rid = r.rid AND t.param = ?`: a probe of
+    /// the resource's own index rows for `param`. Returns the alias; the caller closes the paren.
+    fn probe(
+        &mut self,
+        q: &mut Sql,
+        kind: ParamType,
+        param: &str,
+        negate: bool,
+        r: &str,
+    ) -> String {
+        let t = self.alias("t");
+        q.push(if negate {
+            "NOT EXISTS (SELECT 1 FROM "
+        } else {
+            "EXISTS (SELECT 1 FROM "
+        });
+        q.push(&format!(
+            "{} {t} WHERE {t}.rid = {r}.rid AND {t}.param = ",
+            table_of(kind)
+        ));
+        q.text(param);
+        t
     }
 
     /// `(m1 OR m2 …)`: the values a parameter's comma-separated alternatives match.
