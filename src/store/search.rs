@@ -559,21 +559,8 @@ impl Planner {
                         );
                     }
                     None => {
-                        if let Some(s) = system {
-                            q.push(&format!("{t}.system = ")).text(s).push(" AND ");
-                        }
-                        if let Some(c) = code {
-                            q.push(&format!("{t}.code = ")).text(c).push(" AND ");
-                        }
-                        number_range(
-                            q,
-                            *prefix,
-                            *value,
-                            *lo,
-                            *hi,
-                            &format!("{t}.lo"),
-                            &format!("{t}.hi"),
-                        );
+                        let cols = ["system", "code", "lo", "hi"].map(|c| format!("{t}.{c}"));
+                        raw_quantity(q, system, code, (*prefix, *value, *lo, *hi), &cols);
                     }
                 }
                 q.push(")");
@@ -627,21 +614,8 @@ impl Planner {
                         code,
                         ..
                     } => {
-                        if let Some(s) = system {
-                            q.push(&format!("{t}.system2 = ")).text(s).push(" AND ");
-                        }
-                        if let Some(c) = code {
-                            q.push(&format!("{t}.code2 = ")).text(c).push(" AND ");
-                        }
-                        number_range(
-                            q,
-                            *prefix,
-                            *value,
-                            *lo,
-                            *hi,
-                            &format!("{t}.lo2"),
-                            &format!("{t}.hi2"),
-                        );
+                        let cols = ["system2", "code2", "lo2", "hi2"].map(|c| format!("{t}.{c}"));
+                        raw_quantity(q, system, code, (*prefix, *value, *lo, *hi), &cols);
                     }
                     Match::Number {
                         prefix,
@@ -783,6 +757,24 @@ fn date_range(q: &mut Sql, p: Prefix, a: i64, b: i64, lo: &str, hi: &str) {
                 .push(")")
         }
     };
+}
+
+/// A quantity compared as written (no unit conversion): the optional system and code, then the
+/// value. `cols` names the system, code, lo and hi columns.
+fn raw_quantity(
+    q: &mut Sql,
+    system: &Option<String>,
+    code: &Option<String>,
+    (prefix, value, lo, hi): (Prefix, f64, f64, f64),
+    cols: &[String; 4],
+) {
+    if let Some(s) = system {
+        q.push(&format!("{} = ", cols[0])).text(s).push(" AND ");
+    }
+    if let Some(c) = code {
+        q.push(&format!("{} = ", cols[1])).text(c).push(" AND ");
+    }
+    number_range(q, prefix, value, lo, hi, &cols[2], &cols[3]);
 }
 
 /// Number prefixes: the resource's value [lo, hi] against the searched value with its implicit
