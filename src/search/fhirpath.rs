@@ -446,6 +446,11 @@ fn call<'a>(name: &str, items: &[Node<'a>], args: &[Expr]) -> Vec<Node<'a>> {
 /// The resource type a reference string points to: `Patient/1`, `http://x/fhir/Patient/1`,
 /// `Patient/1/_history/2`.
 pub fn reference_type(reference: &str) -> Option<&str> {
+    reference_parts(reference).map(|(t, _)| t)
+}
+
+/// The `(type, id)` a reference names: its last `Type/id` segments (before `_history/v`).
+pub fn reference_parts(reference: &str) -> Option<(&str, &str)> {
     let path = reference.split(['?', '#']).next()?;
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let n = segs.len();
@@ -455,8 +460,9 @@ pub fn reference_type(reference: &str) -> Option<&str> {
         n.checked_sub(2)?
     };
     let t = segs.get(i)?;
+    let id = segs.get(i + 1)?;
     t.starts_with(|c: char| c.is_ascii_uppercase())
-        .then_some(*t)
+        .then_some((*t, *id))
 }
 
 /// Adds the children called `name` (or, for a choice element, `name[Type]`) of `v` to `out`.

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
-use super::fhirpath::{self, reference_type, Node};
+use super::fhirpath::{self, reference_parts, Node};
 use super::params::{registry, ParamType, SearchParam};
 use crate::fhir::parse_instant_range;
 
@@ -332,16 +332,10 @@ fn reference(v: &Value, base_url: &str) -> Option<IndexValue> {
             .map(|rest| rest.trim_start_matches('/'))
             .unwrap_or(r);
         let is_relative = !local.contains("://") && !local.starts_with("urn:");
-        match (is_relative, reference_type(local)) {
-            (true, Some(t)) => {
-                let after = &local[local.find(t).unwrap_or(0) + t.len()..];
+        match (is_relative, reference_parts(local)) {
+            (true, Some((t, id))) => {
                 target_type = t.into();
-                target_id = after
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()
-                    .unwrap_or("")
-                    .into();
+                target_id = id.into();
             }
             _ => url = r.split('|').next().unwrap_or(r).into(),
         }

@@ -10,11 +10,12 @@ mod query;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+pub use fhirpath::reference_parts;
 pub use index::{extract, normalize, IndexEntry, IndexValue, QuantityValue};
 pub use params::{registry, ParamType, SearchParam};
 pub use query::{
     parse, Condition, Include, Match, ParseOptions, Prefix, SearchQuery, SortKey, StringMatch,
-    Summary, Total, UriMatch, CURSOR,
+    Summary, Total, UriMatch, Visibility, CURSOR,
 };
 
 /// The codes of a value set the server knows (the enumerable R4 value sets, compiled into
