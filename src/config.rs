@@ -8,6 +8,67 @@ use clap::{Args, ValueEnum};
 use crate::store::DatabaseUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every FHIR request needs a valid Bearer token
+    Enabled,
+    /// No token needed, everything allowed: for local experiments only
+    Disabled,
+}
+
+/// Authorization: the built-in authorization server, and an optional external OIDC provider.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Require Bearer tokens (enabled), or allow every request (disabled: local experiments only)
+    #[arg(
+        long = "auth",
+        env = "CAIRN_AUTH",
+        value_enum,
+        default_value = "enabled"
+    )]
+    pub mode: AuthMode,
+
+    /// Issuer (`iss`) of the built-in authorization server's tokens [default: ROOT/auth]
+    #[arg(long = "auth-issuer", env = "CAIRN_AUTH_ISSUER", value_parser = parse_base_url)]
+    pub issuer: Option<String>,
+
+    /// Audience (`aud`) every access token must name [default: the FHIR base URL]
+    #[arg(long = "auth-audience", env = "CAIRN_AUTH_AUDIENCE")]
+    pub audience: Option<String>,
+
+    /// Clock skew tolerated when checking `exp` and `nbf`, in seconds
+    #[arg(long = "auth-leeway", env = "CAIRN_AUTH_LEEWAY", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub leeway: u64,
+
+    /// Lifetime of the access tokens the built-in server issues, in seconds
+    #[arg(long = "auth-token-lifetime", env = "CAIRN_AUTH_TOKEN_LIFETIME", default_value_t = 300,
+          value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    pub token_lifetime: i64,
+
+    /// Issuer of an external OAuth 2 / OIDC provider whose access tokens are accepted too
+    #[arg(long = "oidc-issuer", env = "CAIRN_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    /// The external provider's JWKS URL (keys are cached and refetched on an unknown kid)
+    #[arg(long = "oidc-jwks-url", env = "CAIRN_OIDC_JWKS_URL", value_parser = parse_base_url)]
+    pub oidc_jwks_url: Option<String>,
+
+    /// A static JWKS file with the external provider's keys (instead of a URL)
+    #[arg(long = "oidc-jwks-file", env = "CAIRN_OIDC_JWKS_FILE")]
+    pub oidc_jwks_file: Option<PathBuf>,
+
+    /// Least time between two fetches of the provider's JWKS, in seconds
+    #[arg(long = "oidc-jwks-min-interval", env = "CAIRN_OIDC_JWKS_MIN_INTERVAL", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub oidc_jwks_min_interval: u64,
+
+    /// How long fetched keys are used before they are fetched again, in seconds
+    #[arg(long = "oidc-jwks-max-age", env = "CAIRN_OIDC_JWKS_MAX_AGE", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub oidc_jwks_max_age: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Pretty,
     Json,
@@ -70,6 +131,9 @@ pub struct Settings {
     #[arg(long, env = "CAIRN_MAX_COUNT", default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub max_count: i64,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 fn parse_base_url(s: &str) -> Result<String, String> {
@@ -91,6 +155,23 @@ impl Settings {
         self.listen
             .to_socket_addrs()
             .map_err(|e| format!("invalid CAIRN_LISTEN '{}': {e}", self.listen))?;
+        let a = &self.auth;
+        match (&a.oidc_issuer, &a.oidc_jwks_url, &a.oidc_jwks_file) {
+            (None, None, None) | (Some(_), Some(_), None) | (Some(_), None, Some(_)) => {}
+            (Some(_), None, None) => {
+                return Err(
+                    "CAIRN_OIDC_ISSUER needs CAIRN_OIDC_JWKS_URL or CAIRN_OIDC_JWKS_FILE".into(),
+                )
+            }
+            (_, Some(_), Some(_)) => {
+                return Err("set CAIRN_OIDC_JWKS_URL or CAIRN_OIDC_JWKS_FILE, not both".into())
+            }
+            (None, _, _) => {
+                return Err(
+                    "CAIRN_OIDC_JWKS_URL / CAIRN_OIDC_JWKS_FILE need CAIRN_OIDC_ISSUER".into(),
+                )
+            }
+        }
         if self.default_count > self.max_count {
             return Err(format!(
                 "CAIRN_DEFAULT_COUNT ({}) must not exceed CAIRN_MAX_COUNT ({})",
@@ -111,5 +192,16 @@ impl Settings {
             };
             format!("http://{host}:{port}/fhir")
         })
+    }
+
+    /// The server's root URL (where /healthz and /auth live): the base URL without its `/fhir`.
+    pub fn root_url_for(&self, port: u16) -> String {
+        let base = self.base_url_for(port);
+        match base.strip_suffix("/fhir") {
+            Some(root) => root.to_string(),
+            None => url::Url::parse(&base)
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or(base),
+        }
     }
 }

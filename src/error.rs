@@ -13,6 +13,13 @@ pub enum FhirError {
     },
     #[error("{0}")]
     BadRequest(String),
+    /// No valid access token (401, with `WWW-Authenticate: Bearer`). `presented`: a token was
+    /// sent but is not valid (as opposed to none at all).
+    #[error("{message}")]
+    Unauthorized { message: String, presented: bool },
+    /// The token's scopes or patient compartment do not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -52,6 +59,8 @@ impl FhirError {
     pub fn status(&self) -> u16 {
         match self {
             FhirError::Invalid { .. } | FhirError::BadRequest(_) => 400,
+            FhirError::Unauthorized { .. } => 401,
+            FhirError::Forbidden(_) => 403,
             FhirError::NotFound(_) => 404,
             FhirError::MethodNotAllowed(_) => 405,
             FhirError::NotAcceptable(_) => 406,
@@ -71,6 +80,8 @@ impl FhirError {
         match self {
             FhirError::Invalid { .. } => "invalid",
             FhirError::BadRequest(_) => "invalid",
+            FhirError::Unauthorized { .. } => "login",
+            FhirError::Forbidden(_) => "forbidden",
             FhirError::NotFound(_) | FhirError::Gone(_) => "not-found",
             FhirError::MethodNotAllowed(_) | FhirError::NotAcceptable(_) => "not-supported",
             FhirError::UnsupportedMediaType(_) => "not-supported",
@@ -111,3 +122,15 @@ pub fn information_outcome(message: &str) -> Value {
 }
 
 pub type FhirResult<T> = Result<T, FhirError>;
+
+impl From<crate::auth::AuthError> for FhirError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::Unavailable(_) => FhirError::Unavailable(e.to_string()),
+            other => FhirError::Unauthorized {
+                presented: !matches!(other, crate::auth::AuthError::Missing),
+                message: other.to_string(),
+            },
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Cairn: a FHIR R4 server for personalized care plans. A request flows
-//! `http` → `rest` → `store`, with `fhir` (types, parsing, validation) beside them.
+//! `http` → `auth` → `rest` → `store`, with `fhir` (types, parsing, validation) and `search` beside
+//! them.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;

@@ -1,4 +1,5 @@
-//! The `cairn` command: `serve` runs the FHIR server, `migrate` prepares the database.
+//! The `cairn` command: `serve` runs the FHIR server, `migrate` prepares the database, `token`
+//! and `client` drive the built-in authorization server.
 
 use std::process::ExitCode;
 
@@ -25,6 +26,65 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Rebuild the search indexes of every resource (after search definitions change)
     Reindex(Box<Settings>),
+    /// Mint a short-lived access token signed by the server's own key (for local use)
+    Token(Box<TokenArgs>),
+    /// Register and manage SMART Backend Services clients of the built-in authorization server
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Space-separated SMART scopes, e.g. "patient/*.rs" or "system/Observation.cruds"
+    #[arg(long)]
+    scope: String,
+    /// The patient in context (the `patient` claim that patient/ scopes are limited to)
+    #[arg(long)]
+    patient: Option<String>,
+    /// The user (the `fhirUser` claim), e.g. Practitioner/123
+    #[arg(long = "fhir-user")]
+    fhir_user: Option<String>,
+    /// Lifetime in seconds; a negative value mints an already expired token (for tests)
+    #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
+    ttl: i64,
+    /// The client id (and subject) the token names
+    #[arg(long = "client-id", default_value = "cairn-cli")]
+    client_id: String,
+    #[command(
+        flatten,
+        next_help_heading = "Server settings (the token must match the server's)"
+    )]
+    settings: Settings,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client (or replace its keys and scopes); prints its client id last
+    Add {
+        /// The client's public keys: a JWKS file, or the JWKS JSON itself
+        #[arg(long)]
+        jwks: String,
+        /// The scopes the client may be granted at most, e.g. "system/Patient.rs"
+        #[arg(long)]
+        scope: String,
+        /// The client id [default: a new random id]
+        #[arg(long = "client-id")]
+        client_id: Option<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// List registered clients
+    List {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Remove a client
+    Remove {
+        /// The client id
+        client_id: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 /// Reports a startup failure on one line (driver messages may span several) and exits with 2.
@@ -66,6 +126,8 @@ fn main() -> ExitCode {
         }
     };
     match command {
+        Command::Token(args) => token(*args),
+        Command::Client(c) => client(c),
         Command::Migrate(db) => match db.database_url.migrate() {
             Ok(applied) if applied.is_empty() => {
                 println!("database is up to date");
@@ -110,5 +172,123 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+    }
+}
+
+/// `cairn token`: prints the token as the last line of stdout.
+fn token(args: TokenArgs) -> ExitCode {
+    if let Err(e) = args.settings.validate() {
+        return fail(e);
+    }
+    if cairn::auth::parse_scopes(&args.scope).is_empty() {
+        eprintln!(
+            "cairn: warning: '{}' holds no resource scope; the token will open no data",
+            args.scope
+        );
+    }
+    let port = args
+        .settings
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(8080);
+    let auth = match cairn::auth::Auth::from_settings(&args.settings, port) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let mint = cairn::auth::server::Mint {
+        subject: args.client_id.clone(),
+        client_id: args.client_id,
+        scope: args.scope,
+        patient: args.patient,
+        fhir_user: args.fhir_user,
+        lifetime: args.ttl,
+    };
+    match auth.server.mint(&mint) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `cairn client add|list|remove`, directly on the database.
+fn client(command: ClientCommand) -> ExitCode {
+    use cairn::store::clients;
+    let db = match &command {
+        ClientCommand::Add { db, .. }
+        | ClientCommand::List { db }
+        | ClientCommand::Remove { db, .. } => db.clone(),
+    };
+    let result = actix_web::rt::System::new().block_on(async move {
+        let store =
+            cairn::store::Store::open(&db.database_url, 1, std::time::Duration::from_secs(10))?;
+        let e = |e: cairn::error::FhirError| e.to_string();
+        match command {
+            ClientCommand::Add {
+                jwks,
+                scope,
+                client_id,
+                ..
+            } => {
+                let text = match std::fs::read_to_string(&jwks) {
+                    Ok(t) => t,
+                    Err(_) if jwks.trim_start().starts_with('{') => jwks.clone(),
+                    Err(err) => return Err(format!("cannot read the JWKS file {jwks}: {err}")),
+                };
+                let jwks = cairn::auth::server::check_client_jwks(&text)?;
+                if cairn::auth::parse_scopes(&scope).is_empty() {
+                    return Err(format!("'{scope}' holds no SMART resource scope"));
+                }
+                let id = client_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err("a client id must be non-empty, without spaces".into());
+                }
+                let row = clients::ClientRow {
+                    client_id: id.clone(),
+                    jwks,
+                    scope,
+                    created: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros() as i64)
+                        .unwrap_or_default(),
+                };
+                store
+                    .write(move |c| clients::put_client(c, &row))
+                    .await
+                    .map_err(e)?;
+                Ok(format!("registered client {id}"))
+            }
+            ClientCommand::List { .. } => {
+                let rows = store.read(clients::clients).await.map_err(e)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| format!("{}\t{}", r.client_id, r.scope))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+            ClientCommand::Remove { client_id, .. } => {
+                let id = client_id.clone();
+                if store
+                    .write(move |c| clients::remove_client(c, &id))
+                    .await
+                    .map_err(e)?
+                {
+                    Ok(format!("removed client {client_id}"))
+                } else {
+                    Err(format!("no client {client_id}"))
+                }
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }

@@ -2,6 +2,7 @@
 //! `MultiConnection`, an r2d2 pool, and migrations embedded per backend. Database work runs on
 //! tokio's blocking pool, never on an actix worker. Only this module sees diesel.
 
+pub mod clients;
 mod schema;
 pub mod search;
 mod sql;
@@ -178,6 +179,27 @@ impl Store {
     {
         let store = self.clone();
         blocking(move || f(&mut *store.conn()?)).await
+    }
+
+    /// Runs read-only work that makes several queries in one transaction on a consistent snapshot
+    /// (a search: what was matched under the caller's visibility is what is sent).
+    pub async fn snapshot<T, F>(&self, f: F) -> FhirResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> FhirResult<T> + Send + 'static,
+    {
+        let store = self.clone();
+        blocking(move || {
+            let mut pooled = store.conn()?;
+            let conn: &mut DbConn = &mut pooled;
+            conn.transaction(|c: &mut DbConn| {
+                if let DbConn::Postgres(_) = c {
+                    c.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+                }
+                f(c)
+            })
+        })
+        .await
     }
 
     /// Runs `f` in one database transaction on a blocking thread: it all commits or none of it does.

@@ -125,3 +125,20 @@ diesel::allow_tables_to_appear_in_same_query!(
     idx_uri,
     idx_composite,
 );
+
+diesel::table! {
+    auth_clients (client_id) {
+        client_id -> Text,
+        jwks -> Text,
+        scope -> Text,
+        created -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_assertions (client_id, jti) {
+        client_id -> Text,
+        jti -> Text,
+        expires -> BigInt,
+    }
+}
