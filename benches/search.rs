@@ -116,13 +116,25 @@ fn main() -> Result<(), String> {
         },
         listen: "127.0.0.1:0".into(),
         base_url: None,
-        data_dir: "./data".into(),
+        data_dir: std::env::temp_dir().join("cairn-bench-keys"),
         log_format: LogFormat::Pretty,
         max_body_size: 16 << 20,
         pool_size: 16,
         pool_timeout_secs: 10,
         default_count: 50,
         max_count: 1000,
+        auth: cairn::config::AuthArgs {
+            mode: cairn::config::AuthMode::Enabled,
+            issuer: None,
+            audience: None,
+            leeway: 30,
+            token_lifetime: 300,
+            oidc_issuer: None,
+            oidc_jwks_url: None,
+            oidc_jwks_file: None,
+            oidc_jwks_min_interval: 10,
+            oidc_jwks_max_age: 600,
+        },
     };
     let (tx, rx) = mpsc::channel();
     let server_settings = settings.clone();
@@ -194,23 +206,51 @@ fn main() -> Result<(), String> {
     let port = rx.recv().map_err(|e| e.to_string())??;
     let base = format!("http://127.0.0.1:{port}/fhir");
     let patients = args.patients.max(1);
-    // (label, URL for a patient number, patient-scoped?)
-    let queries: Vec<(&str, UrlFor, bool)> = vec![
+    // Every request carries a token; the patient-token rows show what compartment enforcement
+    // costs against the same search asked with a system token.
+    let auth = cairn::auth::Auth::from_settings(&settings, port)?;
+    let mint = |scope: &str, patient: Option<String>| {
+        auth.server.mint(&cairn::auth::server::Mint {
+            subject: "bench".into(),
+            client_id: "bench".into(),
+            scope: scope.into(),
+            patient,
+            fhir_user: None,
+            lifetime: 24 * 3600,
+        })
+    };
+    let system = format!("Bearer {}", mint("system/*.rs", None)?);
+    // A token per patient would be minted per request; a fixed pool of 64 is enough.
+    let patient_tokens: Vec<String> = (0..patients.min(64))
+        .map(|p| mint("patient/*.rs", Some(format!("p{p}"))).map(|t| format!("Bearer {t}")))
+        .collect::<Result<_, _>>()?;
+    // (label, URL for a patient number, patient-scoped?, patient token?)
+    let queries: Vec<(&str, UrlFor, bool, bool)> = vec![
         ("Observation?patient=X&code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50",
-         Box::new(|p| format!("Observation?patient=p{p}&code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50")), true),
+         Box::new(|p| format!("Observation?patient=p{p}&code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50")), true, false),
+        ("same, patient token (compartment from the token, no patient= parameter)",
+         Box::new(|_| "Observation?code=http://loinc.org|44261-6&date=ge2024-01-01&_sort=-date&_count=50".into()), true, true),
         ("CarePlan?patient=X&status=active&_include=CarePlan:goal",
-         Box::new(|p| format!("CarePlan?patient=p{p}&status=active&_include=CarePlan:goal")), true),
+         Box::new(|p| format!("CarePlan?patient=p{p}&status=active&_include=CarePlan:goal")), true, false),
         ("Observation?code=http://loinc.org|44261-6&value-quantity=gt19&_count=100&_total=accurate",
-         Box::new(|_| "Observation?code=http://loinc.org|44261-6&value-quantity=gt19&_count=100&_total=accurate".into()), false),
-        ("Patient?name=smi", Box::new(|_| "Patient?name=smi".into()), false),
-        ("Patient/X (read, for scale)", Box::new(|p| format!("Patient/p{p}")), true),
+         Box::new(|_| "Observation?code=http://loinc.org|44261-6&value-quantity=gt19&_count=100&_total=accurate".into()), false, false),
+        ("Patient?name=smi", Box::new(|_| "Patient?name=smi".into()), false, false),
+        ("Patient/X (read, for scale)", Box::new(|p| format!("Patient/p{p}")), true, false),
     ];
     println!("| query | requests | p50 ms | p99 ms | requests/s |");
     println!("|---|---|---|---|---|");
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
         .build();
-    for (name, make, scoped) in &queries {
+    for (name, make, scoped, as_patient) in &queries {
+        // With a patient token, patient p's token asks; the URL is the same for all.
+        let auth_for = |p: usize| -> &str {
+            if *as_patient {
+                &patient_tokens[p % patient_tokens.len()]
+            } else {
+                &system
+            }
+        };
         let requests = if *scoped {
             args.requests
         } else {
@@ -218,14 +258,18 @@ fn main() -> Result<(), String> {
         };
         // Warm up, then measure.
         for i in 0..requests.min(20) {
-            let _ = agent.get(&format!("{base}/{}", make(i % patients))).call();
+            let p = i % patients;
+            let _ = agent
+                .get(&format!("{base}/{}", make(p)))
+                .set("Authorization", auth_for(p))
+                .call();
         }
         let next = AtomicUsize::new(0);
         let started = Instant::now();
         let mut all: Vec<Duration> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..args.concurrency)
                 .map(|_| {
-                    let (agent, next, base) = (agent.clone(), &next, &base);
+                    let (agent, next, base, auth_for) = (agent.clone(), &next, &base, &auth_for);
                     s.spawn(move || {
                         let mut rng = StdRng::seed_from_u64(7);
                         let mut lat = Vec::new();
@@ -234,9 +278,10 @@ fn main() -> Result<(), String> {
                             if n >= requests {
                                 return lat;
                             }
-                            let url = format!("{base}/{}", make(rng.gen_range(0..patients)));
+                            let p = rng.gen_range(0..patients);
+                            let url = format!("{base}/{}", make(p));
                             let t = Instant::now();
-                            let r = agent.get(&url).call();
+                            let r = agent.get(&url).set("Authorization", auth_for(p)).call();
                             lat.push(t.elapsed());
                             if let Err(e) = r {
                                 eprintln!("{url}: {e}");

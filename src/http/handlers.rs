@@ -1,8 +1,11 @@
 //! One thin handler per FHIR interaction: translate the request, call `rest::Engine`, translate the
 //! answer. All FHIR behaviour lives in `rest`.
 
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde_json::Value;
 
 use super::negotiate::{
@@ -10,11 +13,33 @@ use super::negotiate::{
     query_params, read_body, Output, Return,
 };
 use super::AppState;
+use crate::auth::Access;
 use crate::error::{information_outcome, FhirError, FhirResult};
 use crate::fhir::{self, parse_resource, Format};
 use crate::rest::{capability_statement, ensure_type, HistoryLevel, SearchScope, Stored, Written};
 
 type Reply = Result<HttpResponse, FhirError>;
+
+/// The authenticated caller, put in the request by the `authenticate` middleware.
+pub struct Caller(pub Access);
+
+impl FromRequest for Caller {
+    type Error = FhirError;
+    type Future = Ready<Result<Caller, FhirError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<Access>()
+                .cloned()
+                .map(Caller)
+                .ok_or_else(|| FhirError::Unauthorized {
+                    message: "this request needs a Bearer access token".into(),
+                    presented: false,
+                }),
+        )
+    }
+}
 
 /// Sends a resource in the negotiated format; stored JSON goes out untouched when it can.
 fn send_json_text(mut b: HttpResponseBuilder, out: Output, json: &str) -> Reply {
@@ -43,29 +68,91 @@ pub async fn metadata(req: HttpRequest, st: web::Data<AppState>) -> Reply {
     send_value(
         HttpResponse::Ok(),
         out,
-        &capability_statement(&st.engine.base_url),
+        &capability_statement(&st.engine.base_url, st.auth.capability_security()),
     )
+}
+
+/// SMART discovery (public, at the root and at `[base]/.well-known/smart-configuration`).
+pub async fn smart_configuration(st: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(st.auth.server.smart_configuration().to_string())
+}
+
+/// The server's public signing keys (the `jwks_uri` of its authorization server).
+pub async fn jwks(st: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/jwk-set+json")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .body(st.auth.server.key.jwks().to_string())
+}
+
+/// The token endpoint of the built-in authorization server (SMART Backend Services). Answers in
+/// OAuth 2's JSON, not FHIR's.
+pub async fn token(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> HttpResponse {
+    let oauth = |status: u16, body: Value| {
+        HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
+            .content_type("application/json")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::PRAGMA, "no-cache"))
+            .body(body.to_string())
+    };
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return oauth(
+            400,
+            serde_json::json!({"error": "invalid_request",
+                "error_description": "the token request must be application/x-www-form-urlencoded"}),
+        );
+    }
+    let body = match read_body(&req, payload, 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => {
+            return oauth(
+                400,
+                serde_json::json!({"error": "invalid_request", "error_description": e.to_string()}),
+            )
+        }
+    };
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    match st.auth.server.token(&st.engine.store, &form).await {
+        Ok(answer) => oauth(200, answer),
+        Err(e) => {
+            tracing::info!(error = e.error, description = %e.description, "token request refused");
+            oauth(e.status, e.body())
+        }
+    }
 }
 
 pub async fn read(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<(String, String)>,
     st: web::Data<AppState>,
 ) -> Reply {
     let out = negotiate(&req)?;
     let (ty, id) = path.into_inner();
-    let stored = st.engine.read(&ty, &id).await?;
+    let stored = st.engine.read(&caller.0, &ty, &id).await?;
     send_stored(&req, out, stored)
 }
 
 pub async fn vread(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<(String, String, String)>,
     st: web::Data<AppState>,
 ) -> Reply {
     let out = negotiate(&req)?;
     let (ty, id, vid) = path.into_inner();
-    let stored = st.engine.vread(&ty, &id, &vid).await?;
+    let stored = st.engine.vread(&caller.0, &ty, &id, &vid).await?;
     send_stored(&req, out, stored)
 }
 
@@ -87,6 +174,7 @@ async fn parse_body(req: &HttpRequest, payload: web::Payload, st: &AppState) -> 
 
 pub async fn create(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<String>,
     payload: web::Payload,
     st: web::Data<AppState>,
@@ -95,12 +183,13 @@ pub async fn create(
     let ty = path.into_inner();
     ensure_type(&ty)?;
     let resource = parse_body(&req, payload, &st).await?;
-    let written = st.engine.create(&ty, resource).await?;
+    let written = st.engine.create(&caller.0, &ty, resource).await?;
     send_written(&req, out, &st, written)
 }
 
 pub async fn update(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<(String, String)>,
     payload: web::Payload,
     st: web::Data<AppState>,
@@ -110,7 +199,10 @@ pub async fn update(
     ensure_type(&ty)?;
     let pinned = if_match(&req)?;
     let resource = parse_body(&req, payload, &st).await?;
-    let written = st.engine.update(&ty, &id, resource, pinned).await?;
+    let written = st
+        .engine
+        .update(&caller.0, &ty, &id, resource, pinned)
+        .await?;
     send_written(&req, out, &st, written)
 }
 
@@ -140,13 +232,14 @@ fn send_written(req: &HttpRequest, out: Output, st: &AppState, w: Written) -> Re
 
 pub async fn delete(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<(String, String)>,
     st: web::Data<AppState>,
 ) -> Reply {
     let out = negotiate(&req)?;
     let (ty, id) = path.into_inner();
     let pinned = if_match(&req)?;
-    let deleted = st.engine.delete(&ty, &id, pinned).await?;
+    let deleted = st.engine.delete(&caller.0, &ty, &id, pinned).await?;
     let mut b = HttpResponse::NoContent();
     if let Some(w) = &deleted {
         version_headers(&mut b, &w.stored);
@@ -162,56 +255,73 @@ pub async fn delete(
     Ok(b.finish())
 }
 
-async fn history(req: HttpRequest, st: web::Data<AppState>, level: HistoryLevel) -> Reply {
+async fn history(
+    req: HttpRequest,
+    caller: Caller,
+    st: web::Data<AppState>,
+    level: HistoryLevel,
+) -> Reply {
     let out = negotiate(&req)?;
-    let bundle = st.engine.history(level, &query_params(&req)).await?;
+    let bundle = st
+        .engine
+        .history(&caller.0, level, &query_params(&req))
+        .await?;
     send_value(HttpResponse::Ok(), out, &bundle)
 }
 
-pub async fn history_system(req: HttpRequest, st: web::Data<AppState>) -> Reply {
-    history(req, st, HistoryLevel::System).await
+pub async fn history_system(req: HttpRequest, caller: Caller, st: web::Data<AppState>) -> Reply {
+    history(req, caller, st, HistoryLevel::System).await
 }
 
 pub async fn history_type(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Reply {
-    history(req, st, HistoryLevel::Type(path.into_inner())).await
+    history(req, caller, st, HistoryLevel::Type(path.into_inner())).await
 }
 
 pub async fn history_instance(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<(String, String)>,
     st: web::Data<AppState>,
 ) -> Reply {
     let (ty, id) = path.into_inner();
-    history(req, st, HistoryLevel::Instance(ty, id)).await
+    history(req, caller, st, HistoryLevel::Instance(ty, id)).await
 }
 
 async fn search(
     req: &HttpRequest,
+    caller: &Caller,
     st: &AppState,
     scope: SearchScope,
     params: Vec<(String, String)>,
 ) -> Reply {
     let out = negotiate(req)?;
-    let bundle = st.engine.search(scope, &params, prefer_strict(req)).await?;
+    let bundle = st
+        .engine
+        .search(&caller.0, scope, &params, prefer_strict(req))
+        .await?;
     send_value(HttpResponse::Ok(), out, &bundle)
 }
 
 pub async fn search_type(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Reply {
     let params = query_params(&req);
-    search(&req, &st, SearchScope::Type(path.into_inner()), params).await
+    let scope = SearchScope::Type(path.into_inner());
+    search(&req, &caller, &st, scope, params).await
 }
 
 /// `POST [type]/_search` (or `POST [base]/_search`): parameters in a form body, plus the URL's.
 pub async fn search_post(
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Reply {
@@ -232,16 +342,17 @@ pub async fn search_post(
         Some(t) => SearchScope::Type(t.to_string()),
         None => SearchScope::System,
     };
-    search(&req, &st, scope, params).await
+    search(&req, &caller, &st, scope, params).await
 }
 
-pub async fn search_system(req: HttpRequest, st: web::Data<AppState>) -> Reply {
+pub async fn search_system(req: HttpRequest, caller: Caller, st: web::Data<AppState>) -> Reply {
     let params = query_params(&req);
-    search(&req, &st, SearchScope::System, params).await
+    search(&req, &caller, &st, SearchScope::System, params).await
 }
 
 pub async fn search_compartment(
     req: HttpRequest,
+    caller: Caller,
     path: web::Path<(String, String, String)>,
     st: web::Data<AppState>,
 ) -> Reply {
@@ -253,7 +364,7 @@ pub async fn search_compartment(
         id,
         target_type,
     };
-    search(&req, &st, scope, params).await
+    search(&req, &caller, &st, scope, params).await
 }
 
 /// A known path with a method it does not serve: 405, or 404 if the type itself is unknown.

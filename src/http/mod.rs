@@ -6,13 +6,17 @@ mod handlers;
 mod negotiate;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
-use actix_web::dev::{Server, Service};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, Service, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpMessage, HttpResponse, HttpServer, ResponseError};
 use tracing::Instrument;
 
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::error::FhirError;
 use crate::rest::Engine;
@@ -20,7 +24,21 @@ use crate::store::Store;
 
 pub struct AppState {
     pub engine: Engine,
+    pub auth: Arc<Auth>,
     pub max_body_size: usize,
+}
+
+/// `WWW-Authenticate` text: quotes and control characters would break the header.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 impl ResponseError for FhirError {
@@ -33,8 +51,29 @@ impl ResponseError for FhirError {
             tracing::error!(%detail, "internal error");
         }
         let mut b = HttpResponse::build(self.status_code());
-        if matches!(self, FhirError::Unavailable(_)) {
-            b.insert_header(("Retry-After", "1"));
+        match self {
+            FhirError::Unavailable(_) => {
+                b.insert_header(("Retry-After", "1"));
+            }
+            // RFC 6750 section 3: a challenge, with the error code once a token was presented.
+            FhirError::Unauthorized { message, presented } => {
+                let challenge = if *presented {
+                    format!(
+                        "Bearer realm=\"cairn\", error=\"invalid_token\", error_description=\"{}\"",
+                        header_safe(message)
+                    )
+                } else {
+                    "Bearer realm=\"cairn\"".to_string()
+                };
+                b.insert_header((WWW_AUTHENTICATE, challenge));
+            }
+            FhirError::Forbidden(_) => {
+                b.insert_header((
+                    WWW_AUTHENTICATE,
+                    "Bearer realm=\"cairn\", error=\"insufficient_scope\"",
+                ));
+            }
+            _ => {}
         }
         b.content_type(crate::fhir::Format::Json.content_type())
             .body(self.operation_outcome().to_string())
@@ -48,6 +87,10 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("", web::get().to(h::search_system))
         .route("/", web::get().to(h::search_system))
         .route("/metadata", web::get().to(h::metadata))
+        .route(
+            "/.well-known/smart-configuration",
+            web::get().to(h::smart_configuration),
+        )
         .route("/_history", web::get().to(h::history_system))
         .route("/_search", web::post().to(h::search_post))
         .service(
@@ -90,6 +133,46 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// The paths under `/fhir` that need no token (SMART App Launch 2.x: discovery is public).
+const OPEN_PATHS: &[&str] = &["/fhir/metadata", "/fhir/.well-known/smart-configuration"];
+
+/// Authenticates every FHIR request (except `OPEN_PATHS`) before routing, so that nothing about
+/// the data, not even whether an id exists, is told to a caller without a valid token. The caller
+/// goes into the request's extensions for the handlers.
+async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let path = req.path();
+    if !OPEN_PATHS.contains(&path.trim_end_matches('/')) {
+        let st = req
+            .app_data::<web::Data<AppState>>()
+            .cloned()
+            .ok_or_else(|| FhirError::Internal("no application state".into()))?;
+        let header = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let access = st
+            .auth
+            .authenticate(header.as_deref())
+            .await
+            .map_err(FhirError::from)?;
+        // Who is calling, on the request's span (and so on every log line of it).
+        let span = tracing::Span::current();
+        span.record("client", access.who());
+        if let Some(u) = &access.fhir_user {
+            span.record("fhir_user", u.as_str());
+        }
+        if let Some(p) = &access.patient {
+            span.record("patient", p.as_str());
+        }
+        req.extensions_mut().insert(access);
+    }
+    next.call(req).await
+}
+
 /// The interaction engine for `settings` (opens, and migrates, the database).
 pub fn engine(settings: &Settings, port: u16) -> Result<Engine, String> {
     let store = Store::open(
@@ -117,10 +200,21 @@ impl Application {
             .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let engine = engine(settings, port)?;
+        let auth = Auth::from_settings(settings, port)?;
+        if auth.enabled {
+            auth.prefetch();
+        } else {
+            tracing::warn!(
+                "AUTHORIZATION IS DISABLED (--auth disabled): every request is allowed without a \
+                 token. Never run like this with real data."
+            );
+        }
         tracing::info!(base_url = %engine.base_url, backend = ?engine.store.backend(),
+            auth = if auth.enabled { "enabled" } else { "DISABLED" },
             "Cairn is serving FHIR R4");
         let state = web::Data::new(AppState {
             engine,
+            auth: Arc::new(auth),
             max_body_size: settings.max_body_size as usize,
         });
         let server = HttpServer::new(move || {
@@ -135,7 +229,9 @@ impl Application {
                         .map(str::to_string)
                         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                     let span = tracing::info_span!("request", request_id = %id,
-                        method = %req.method(), path = %req.path());
+                        method = %req.method(), path = %req.path(),
+                        client = tracing::field::Empty, fhir_user = tracing::field::Empty,
+                        patient = tracing::field::Empty);
                     let started = std::time::Instant::now();
                     let fut = srv.call(req);
                     async move {
@@ -155,7 +251,17 @@ impl Application {
                 })
                 .route("/healthz", web::get().to(handlers::healthz))
                 .route("/readyz", web::get().to(handlers::readyz))
-                .service(web::scope("/fhir").configure(fhir_routes))
+                .route(
+                    "/.well-known/smart-configuration",
+                    web::get().to(handlers::smart_configuration),
+                )
+                .route("/auth/token", web::post().to(handlers::token))
+                .route("/auth/jwks", web::get().to(handlers::jwks))
+                .service(
+                    web::scope("/fhir")
+                        .wrap(from_fn(authenticate))
+                        .configure(fhir_routes),
+                )
                 .default_service(web::to(handlers::not_found))
         })
         .shutdown_timeout(5)

@@ -45,7 +45,8 @@ fn search_capabilities(t: &str) -> (Vec<Value>, Vec<String>, Vec<String>) {
     (params, includes, revincludes)
 }
 
-pub fn capability_statement(base_url: &str) -> Value {
+/// The statement; `security` is `rest.security` (how clients authorize, from `auth`).
+pub fn capability_statement(base_url: &str, security: Value) -> Value {
     let interactions: Vec<Value> = INTERACTIONS.iter().map(|c| json!({"code": c})).collect();
     let resources: Vec<Value> = ENABLED_TYPES
         .iter()
@@ -86,6 +87,7 @@ pub fn capability_statement(base_url: &str) -> Value {
         "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "rest": [{
             "mode": "server",
+            "security": security,
             "resource": resources,
             "interaction": [{"code": "history-system"}, {"code": "search-system"}],
         }],
@@ -98,7 +100,8 @@ mod tests {
 
     #[test]
     fn the_capability_statement_is_valid_r4() {
-        let cs = capability_statement("http://h/fhir");
+        let security = json!({"description": "test"});
+        let cs = capability_statement("http://h/fhir", security);
         crate::fhir::validate_resource(&cs).unwrap();
         let json = serde_json::to_string(&cs).unwrap();
         cairn_fhir::canonical_json(&json).unwrap();

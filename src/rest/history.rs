@@ -3,7 +3,10 @@
 
 use serde_json::{json, Value};
 
-use super::{ensure_type, Engine, Stored};
+use std::collections::HashMap;
+
+use super::{ensure_type, rule, Engine, Stored};
+use crate::auth::{Access, Perm, Rule};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, format_instant, parse_instant_range};
 use crate::store::{self, HistoryQuery, VersionRow};
@@ -29,6 +32,10 @@ impl HistoryLevel {
 /// The page parameter of our next links: `<last_updated>.<seq>` of the last entry shown.
 const CURSOR: &str = "_cursor";
 
+/// Versions a restricted caller's history request may examine to fill one page; past that the
+/// page ends early, with a next link from where the scan stopped.
+const SCAN_LIMIT: usize = 5000;
+
 fn parse_cursor(v: &str) -> Option<(i64, i64)> {
     let (a, b) = v.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
@@ -37,6 +44,7 @@ fn parse_cursor(v: &str) -> Option<(i64, i64)> {
 impl Engine {
     pub async fn history(
         &self,
+        access: &Access,
         level: HistoryLevel,
         params: &[(String, String)],
     ) -> FhirResult<Value> {
@@ -44,14 +52,39 @@ impl Engine {
             limit: self.default_count,
             ..Default::default()
         };
+        // What the caller may see of each type: instance history is a read, type and system
+        // history are searches (SMART: `r` and `s`).
+        let mut rules: HashMap<String, Rule> = HashMap::new();
         match &level {
-            HistoryLevel::System => {}
+            HistoryLevel::System => {
+                for t in fhir::ENABLED_TYPES {
+                    match access.rule(Perm::Search, t) {
+                        Rule::Deny => {}
+                        r => {
+                            rules.insert(t.to_string(), r);
+                        }
+                    }
+                }
+                if rules.is_empty() {
+                    return Err(FhirError::Forbidden(
+                        "the access token's scopes do not permit searching any resource type"
+                            .into(),
+                    ));
+                }
+                if rules.len() < fhir::ENABLED_TYPES.len() {
+                    let mut types: Vec<String> = rules.keys().cloned().collect();
+                    types.sort();
+                    q.types = Some(types);
+                }
+            }
             HistoryLevel::Type(t) => {
                 ensure_type(t)?;
+                rules.insert(t.clone(), rule(access, Perm::Search, t)?);
                 q.res_type = Some(t.clone());
             }
             HistoryLevel::Instance(t, i) => {
                 ensure_type(t)?;
+                rules.insert(t.clone(), rule(access, Perm::Read, t)?);
                 if !fhir::valid_id(i) {
                     return Err(FhirError::NotFound(format!("{t}/{i} is not a valid id")));
                 }
@@ -85,12 +118,24 @@ impl Engine {
             }
         }
         let limit = q.limit;
-        let mut fetch = q.clone();
-        fetch.limit = limit + 1;
-        let mut rows = self
-            .store
-            .read(move |conn| store::history(conn, &fetch))
-            .await?;
+        let restricted = rules.values().any(|r| *r != Rule::All);
+        let (rows, next) = if restricted {
+            self.visible_history(&q, &rules).await?
+        } else {
+            let mut fetch = q.clone();
+            fetch.limit = limit + 1;
+            let mut rows = self
+                .store
+                .read(move |conn| store::history(conn, &fetch))
+                .await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(limit as usize);
+            let next = rows
+                .last()
+                .filter(|_| more)
+                .map(|r| (r.last_updated, r.seq));
+            (rows, next)
+        };
         if let (HistoryLevel::Instance(t, i), true) =
             (&level, rows.is_empty() && q.before.is_none())
         {
@@ -104,10 +149,66 @@ impl Engine {
             if !exists {
                 return Err(FhirError::NotFound(format!("{t}/{i} is not known")));
             }
+            // Without _since/_at filtering versions out, nothing visible means not the caller's.
+            if restricted && q.since.is_none() && q.at.is_none() {
+                return Err(FhirError::Forbidden(format!(
+                    "{t}/{i} is outside what the access token may read"
+                )));
+            }
         }
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        Ok(self.history_bundle(&level, params, &rows, more))
+        Ok(self.history_bundle(&level, params, &rows, next))
+    }
+
+    /// A page of the versions a restricted caller may see, checked one by one (a version is
+    /// judged by its own content; deletions, which have none, are not shown), and where the next
+    /// page starts.
+    async fn visible_history(
+        &self,
+        q: &HistoryQuery,
+        rules: &HashMap<String, Rule>,
+    ) -> FhirResult<(Vec<VersionRow>, Option<(i64, i64)>)> {
+        let limit = q.limit as usize;
+        let mut fetch = q.clone();
+        fetch.limit = (q.limit + 1).max(200);
+        let (mut out, mut scanned) = (Vec::new(), 0usize);
+        loop {
+            let f = fetch.clone();
+            let rows = self
+                .store
+                .read(move |conn| store::history(conn, &f))
+                .await?;
+            let exhausted = (rows.len() as i64) < fetch.limit;
+            for row in rows {
+                scanned += 1;
+                fetch.before = Some((row.last_updated, row.seq));
+                if self.version_visible(&row, rules) {
+                    if out.len() == limit {
+                        // One more visible version exists: the page is full and has a successor.
+                        let next = out.last().map(|r: &VersionRow| (r.last_updated, r.seq));
+                        return Ok((out, next));
+                    }
+                    out.push(row);
+                }
+            }
+            if exhausted {
+                return Ok((out, None));
+            }
+            if scanned >= SCAN_LIMIT {
+                return Ok((out, fetch.before));
+            }
+        }
+    }
+
+    fn version_visible(&self, row: &VersionRow, rules: &HashMap<String, Rule>) -> bool {
+        match rules.get(&row.res_type) {
+            Some(Rule::All) => true,
+            Some(rule @ Rule::Only(_)) if !row.is_deleted() => {
+                serde_json::from_str::<Value>(&row.content).is_ok_and(|resource| {
+                    rule.admits(&row.res_type, &row.res_id, &resource, &self.base_url)
+                })
+            }
+            _ => false,
+        }
     }
 
     fn history_bundle(
@@ -115,7 +216,7 @@ impl Engine {
         level: &HistoryLevel,
         params: &[(String, String)],
         rows: &[VersionRow],
-        more: bool,
+        next: Option<(i64, i64)>,
     ) -> Value {
         let base = &self.base_url;
         let link = |extra: Option<(i64, i64)>| {
@@ -139,10 +240,8 @@ impl Engine {
             .find(|(k, _)| k == CURSOR)
             .and_then(|(_, v)| parse_cursor(v));
         let mut links = vec![json!({"relation": "self", "url": link(own_cursor)})];
-        if let (true, Some(last)) = (more, rows.last()) {
-            links.push(
-                json!({"relation": "next", "url": link(Some((last.last_updated, last.seq)))}),
-            );
+        if let Some(n) = next {
+            links.push(json!({"relation": "next", "url": link(Some(n))}));
         }
         let entries: Vec<Value> = rows.iter().map(|r| self.history_entry(r)).collect();
         json!({

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::auth::{Access, Perm, Rule};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, format_instant};
 use crate::store::{self, CurrentRow, NewVersion, Store, VersionRow};
@@ -78,6 +79,51 @@ fn now_micros() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
+}
+
+/// The rule of `access` for `perm` on `ty`, or 403 when the token's scopes give none.
+pub fn rule(access: &Access, perm: Perm, ty: &str) -> FhirResult<Rule> {
+    match access.rule(perm, ty) {
+        Rule::Deny => Err(FhirError::Forbidden(format!(
+            "the access token's scopes do not permit '{}' on {ty} (e.g. system/{ty}.{})",
+            perm_name(perm),
+            perm.name()
+        ))),
+        r => Ok(r),
+    }
+}
+
+fn perm_name(p: Perm) -> &'static str {
+    match p {
+        Perm::Create => "create",
+        Perm::Read => "read",
+        Perm::Update => "update",
+        Perm::Delete => "delete",
+        Perm::Search => "search",
+    }
+}
+
+/// 403 unless `rule` admits the resource `ty/id` with this content (as new content when `what` is
+/// "creating" or "writing", which must not reach into another patient's compartment).
+fn admit(
+    rule: &Rule,
+    ty: &str,
+    id: &str,
+    resource: &Value,
+    base: &str,
+    what: &str,
+) -> FhirResult<()> {
+    let ok = match what {
+        "creating" | "writing" => rule.admits_write(ty, id, resource, base),
+        _ => rule.admits(ty, id, resource, base),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(FhirError::Forbidden(format!(
+            "{what} {ty}/{id} is outside what the access token may touch (its patient compartment or scope filter)"
+        )))
+    }
 }
 
 /// Checks that the type is one the server serves.
@@ -180,16 +226,18 @@ fn write_version(
 
 impl Engine {
     /// create: a new resource with a server-assigned id.
-    pub async fn create(&self, ty: &str, resource: Value) -> FhirResult<Written> {
+    pub async fn create(&self, access: &Access, ty: &str, resource: Value) -> FhirResult<Written> {
         ensure_type(ty)?;
+        let rule = rule(access, Perm::Create, ty)?;
         if body_type(&resource) != ty {
             return Err(FhirError::invalid(
                 format!("the body is a {}, the URL says {ty}", body_type(&resource)),
                 "resourceType",
             ));
         }
-        let ty = ty.to_string();
         let id = uuid::Uuid::new_v4().to_string();
+        admit(&rule, ty, &id, &resource, &self.base_url, "creating")?;
+        let ty = ty.to_string();
         let base = self.base_url.clone();
         let stored = self
             .store
@@ -202,20 +250,33 @@ impl Engine {
     }
 
     /// read: the current version; 404 if it never existed, 410 if it was deleted.
-    pub async fn read(&self, ty: &str, id: &str) -> FhirResult<Stored> {
-        self.vread_inner(ty, id, None).await
+    pub async fn read(&self, access: &Access, ty: &str, id: &str) -> FhirResult<Stored> {
+        self.vread_inner(access, ty, id, None).await
     }
 
     /// vread: one version by its versionId.
-    pub async fn vread(&self, ty: &str, id: &str, version_id: &str) -> FhirResult<Stored> {
+    pub async fn vread(
+        &self,
+        access: &Access,
+        ty: &str,
+        id: &str,
+        version_id: &str,
+    ) -> FhirResult<Stored> {
         let v = version_id
             .parse::<i64>()
             .map_err(|_| FhirError::NotFound(format!("{ty}/{id} has no version '{version_id}'")))?;
-        self.vread_inner(ty, id, Some(v)).await
+        self.vread_inner(access, ty, id, Some(v)).await
     }
 
-    async fn vread_inner(&self, ty: &str, id: &str, v: Option<i64>) -> FhirResult<Stored> {
+    async fn vread_inner(
+        &self,
+        access: &Access,
+        ty: &str,
+        id: &str,
+        v: Option<i64>,
+    ) -> FhirResult<Stored> {
         ensure_type(ty)?;
+        let rule = rule(access, Perm::Read, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
@@ -230,8 +291,31 @@ impl Engine {
         };
         match row {
             None => Err(FhirError::NotFound(format!("{what} is not known"))),
-            Some(r) if r.is_deleted() => Err(FhirError::Gone(format!("{what} was deleted"))),
-            Some(r) => Ok(Stored::from_row(r)),
+            Some(r) if r.is_deleted() => {
+                if rule != Rule::All {
+                    // Whether it was the caller's to see is judged by its last live version.
+                    let (t, i, prev) = (ty.to_string(), id.to_string(), r.version - 1);
+                    let last = self
+                        .store
+                        .read(move |conn| store::version(conn, &t, &i, Some(prev)))
+                        .await?;
+                    let seen = last.and_then(|l| serde_json::from_str::<Value>(&l.content).ok());
+                    if !seen.is_some_and(|v| rule.admits(ty, id, &v, &self.base_url)) {
+                        return Err(FhirError::Forbidden(format!(
+                            "{what} is outside what the access token may read"
+                        )));
+                    }
+                }
+                Err(FhirError::Gone(format!("{what} was deleted")))
+            }
+            Some(r) => {
+                if rule != Rule::All {
+                    let resource: Value = serde_json::from_str(&r.content)
+                        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+                    admit(&rule, ty, id, &resource, &self.base_url, "reading")?;
+                }
+                Ok(Stored::from_row(r))
+            }
         }
     }
 
@@ -239,12 +323,14 @@ impl Engine {
     /// happens only if that is still the current version (412 otherwise).
     pub async fn update(
         &self,
+        access: &Access,
         ty: &str,
         id: &str,
         resource: Value,
         if_match: Option<i64>,
     ) -> FhirResult<Written> {
         ensure_type(ty)?;
+        let rule = rule(access, Perm::Update, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::invalid(
                 format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"),
@@ -272,11 +358,13 @@ impl Engine {
                 ))
             }
         }
+        admit(&rule, ty, id, &resource, &self.base_url, "writing")?;
         let base = self.base_url.clone();
         self.retrying(
             if_match,
             move |conn, ty, id| {
                 let prev = store::current_for_update(conn, ty, id)?;
+                admit_current(conn, &rule, prev.as_ref(), ty, id, &base, "updating")?;
                 check_if_match(if_match, prev.as_ref(), ty, id)?;
                 let created = prev.is_none_or(|p| p.deleted != 0);
                 let resource = Some(resource.clone());
@@ -293,11 +381,13 @@ impl Engine {
     /// delete: a tombstone version. Deleting what does not exist (or is already deleted) is a no-op.
     pub async fn delete(
         &self,
+        access: &Access,
         ty: &str,
         id: &str,
         if_match: Option<i64>,
     ) -> FhirResult<Option<Written>> {
         ensure_type(ty)?;
+        let rule = rule(access, Perm::Delete, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
@@ -306,6 +396,7 @@ impl Engine {
             if_match,
             move |conn, ty, id| {
                 let prev = store::current_for_update(conn, ty, id)?;
+                admit_current(conn, &rule, prev.as_ref(), ty, id, &base, "deleting")?;
                 check_if_match(if_match, prev.as_ref(), ty, id)?;
                 match prev {
                     Some(p) if p.deleted == 0 => {
@@ -421,6 +512,35 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+}
+
+/// Inside a write: 403 unless `rule` would admit writing the live current version (so a patient
+/// token cannot change or remove what also belongs to another patient). Nothing to check when the
+/// resource does not exist or is deleted.
+fn admit_current(
+    conn: &mut store::DbConn,
+    rule: &Rule,
+    prev: Option<&CurrentRow>,
+    ty: &str,
+    id: &str,
+    base: &str,
+    what: &str,
+) -> FhirResult<()> {
+    if *rule == Rule::All || prev.is_none_or(|p| p.deleted != 0) {
+        return Ok(());
+    }
+    let Some(row) = store::version(conn, ty, id, None)? else {
+        return Ok(());
+    };
+    let resource: Value = serde_json::from_str(&row.content)
+        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+    if rule.admits_write(ty, id, &resource, base) {
+        Ok(())
+    } else {
+        Err(FhirError::Forbidden(format!(
+            "{what} {ty}/{id} is outside what the access token may touch (its patient compartment or scope filter)"
+        )))
     }
 }
 

@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 
-use super::{ensure_type, now_micros, Engine};
+use super::{ensure_type, now_micros, rule, Engine};
+use crate::auth::{Access, Perm, Rule};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, format_instant, subset, Subset};
 use crate::search::{self, Condition, ParseOptions, SearchQuery, Summary, CURSOR};
@@ -27,6 +28,7 @@ pub enum SearchScope {
 impl Engine {
     pub async fn search(
         &self,
+        access: &Access,
         scope: SearchScope,
         params: &[(String, String)],
         strict: bool,
@@ -34,6 +36,7 @@ impl Engine {
         let (types, path) = match &scope {
             SearchScope::Type(t) => {
                 ensure_type(t)?;
+                rule(access, Perm::Search, t)?;
                 (vec![t.clone()], t.clone())
             }
             SearchScope::System => {
@@ -45,12 +48,24 @@ impl Engine {
                     .collect();
                 for t in &asked {
                     ensure_type(t)?;
+                    rule(access, Perm::Search, t)?;
                 }
-                let types = if asked.is_empty() {
-                    fhir::ENABLED_TYPES.iter().map(|t| t.to_string()).collect()
+                let types: Vec<String> = if asked.is_empty() {
+                    // Every type the caller may search.
+                    fhir::ENABLED_TYPES
+                        .iter()
+                        .filter(|t| access.rule(Perm::Search, t) != Rule::Deny)
+                        .map(|t| t.to_string())
+                        .collect()
                 } else {
                     asked
                 };
+                if types.is_empty() {
+                    return Err(FhirError::Forbidden(
+                        "the access token's scopes do not permit searching any resource type"
+                            .into(),
+                    ));
+                }
                 (types, String::new())
             }
             SearchScope::Compartment {
@@ -59,6 +74,7 @@ impl Engine {
                 target_type,
             } => {
                 ensure_type(target_type)?;
+                rule(access, Perm::Search, target_type)?;
                 if comp_type != "Patient" {
                     return Err(FhirError::NotFound(format!(
                         "the {comp_type} compartment is not supported"
@@ -82,6 +98,10 @@ impl Engine {
             base_url: &self.base_url,
         };
         let mut query = search::parse(types, params, &opts)?;
+        // Row-level access: matches, chains and `_has` see what the caller may search; includes
+        // what it may read.
+        query.visible = access.visibility(Perm::Search, fhir::ENABLED_TYPES.iter().copied());
+        query.readable = access.visibility(Perm::Read, fhir::ENABLED_TYPES.iter().copied());
         if let SearchScope::Compartment {
             comp_type,
             id,
@@ -112,7 +132,7 @@ impl Engine {
         let q = query.clone();
         let page = self
             .store
-            .read(move |conn| run(conn, backend, &q, cursor.as_ref()))
+            .snapshot(move |conn| run(conn, backend, &q, cursor.as_ref()))
             .await?;
         Ok(self.bundle(&path, &query, page))
     }

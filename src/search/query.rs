@@ -179,6 +179,18 @@ pub struct SearchQuery {
     pub cursor: Option<String>,
     /// The parameters understood, as they go into self/next/previous links.
     pub link_params: Vec<(String, String)>,
+    /// What the caller may find (search permission): applies to matches, chains and `_has`.
+    /// None: everything.
+    pub visible: Option<Visibility>,
+    /// What the caller may read (read permission): applies to `_include`/`_revinclude`.
+    pub readable: Option<Visibility>,
+}
+
+/// Row-level access from the caller's scopes. Each type maps to alternatives (ORed), each a list of
+/// conditions (ANDed; an empty list is the whole type). Types absent from the map are invisible.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Visibility {
+    pub types: std::collections::HashMap<String, Vec<Vec<Condition>>>,
 }
 
 /// Settings of the parse: page sizes, and whether unknown parameters are errors.
@@ -789,6 +801,8 @@ pub fn parse(
         revincludes: vec![],
         cursor: None,
         link_params: vec![],
+        visible: None,
+        readable: None,
     };
     for (name, value) in params {
         let keep = |q: &mut SearchQuery| q.link_params.push((name.clone(), value.clone()));

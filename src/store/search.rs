@@ -12,7 +12,7 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::search::{
     Condition, Include, IndexEntry, IndexValue, Match, ParamType, Prefix, SearchQuery, SortKey,
-    StringMatch, Summary, Total, UriMatch,
+    StringMatch, Summary, Total, UriMatch, Visibility,
 };
 
 /// Iterations of `:iterate` includes, at most.
@@ -201,6 +201,8 @@ fn table_of(kind: ParamType) -> &'static str {
 pub struct Planner {
     pub backend: Backend,
     n: usize,
+    /// The caller's search visibility, applied to the rows chains and `_has` look at.
+    vis: Option<std::sync::Arc<Visibility>>,
 }
 
 fn like_escape(s: &str) -> String {
@@ -211,7 +213,69 @@ fn like_escape(s: &str) -> String {
 
 impl Planner {
     pub fn new(backend: Backend) -> Planner {
-        Planner { backend, n: 0 }
+        Planner {
+            backend,
+            n: 0,
+            vis: None,
+        }
+    }
+
+    /// A planner whose chains and `_has` see only what `vis` lets the caller see.
+    pub fn with_visibility(backend: Backend, vis: Option<&Visibility>) -> Planner {
+        Planner {
+            vis: vis.cloned().map(std::sync::Arc::new),
+            ..Planner::new(backend)
+        }
+    }
+
+    /// `((r.res_type = T AND (alt1 OR alt2)) OR …)`: the rows of `types` that `vis` lets the caller
+    /// see (`1 = 0` when it sees none of them).
+    pub fn visibility(&mut self, q: &mut Sql, vis: &Visibility, types: &[String], r: &str) {
+        // The conditions of a grant are plain filters; never apply visibility inside them again.
+        let outer = self.vis.take();
+        q.push("(");
+        let mut any = false;
+        for t in types {
+            let Some(alts) = vis.types.get(t) else {
+                continue;
+            };
+            if any {
+                q.push(" OR ");
+            }
+            any = true;
+            q.push(&format!("({r}.res_type = "));
+            q.text(t).push(" AND (");
+            for (i, conds) in alts.iter().enumerate() {
+                if i > 0 {
+                    q.push(" OR ");
+                }
+                q.push("(");
+                if conds.is_empty() {
+                    q.push("1 = 1");
+                }
+                for (j, c) in conds.iter().enumerate() {
+                    if j > 0 {
+                        q.push(" AND ");
+                    }
+                    self.condition(q, c, r);
+                }
+                q.push(")");
+            }
+            q.push("))");
+        }
+        if !any {
+            q.push("1 = 0");
+        }
+        q.push(")");
+        self.vis = outer;
+    }
+
+    /// ` AND <visibility>` for a nested row, when the caller's view is restricted.
+    fn restrict(&mut self, q: &mut Sql, types: &[String], r: &str) {
+        if let Some(vis) = self.vis.clone() {
+            q.push(" AND ");
+            self.visibility(q, &vis, types, r);
+        }
     }
 
     fn alias(&mut self, prefix: &str) -> String {
@@ -360,6 +424,7 @@ impl Planner {
                 q.text(param).push(&format!(" AND {t}.target_type IN "));
                 q.text_list(target_types).push(" AND ");
                 self.condition(q, inner, &r2);
+                self.restrict(q, target_types, &r2);
                 q.push(")");
             }
             Condition::Has {
@@ -377,6 +442,7 @@ impl Planner {
                     " AND {t}.target_type = {r}.res_type AND {t}.target_id = {r}.res_id AND "
                 ));
                 self.condition(q, inner, &r2);
+                self.restrict(q, std::slice::from_ref(source_type), &r2);
                 q.push(")");
             }
             Condition::Compartment {
@@ -1001,7 +1067,20 @@ pub struct Page {
 
 /// The WHERE clause shared by the page query and the count.
 fn filter(planner: &mut Planner, q: &SearchQuery) -> Sql {
-    let driver = Planner::driver(&q.conditions);
+    // A restricted view of one type through one grant (a patient's compartment, say) is just more
+    // conditions, so the compartment can drive the query; anything else is one extra predicate.
+    let mut conditions = q.conditions.clone();
+    let mut predicate = None;
+    if let Some(vis) = &q.visible {
+        match (
+            q.types.as_slice(),
+            q.types.first().and_then(|t| vis.types.get(t)),
+        ) {
+            ([_], Some(alts)) if alts.len() == 1 => conditions.extend(alts[0].iter().cloned()),
+            _ => predicate = Some(vis),
+        }
+    }
+    let driver = Planner::driver(&conditions);
     // With a driving condition, SQLite must not use the type test as an index (an expression is
     // not one), or its planner scans every resource of the type; PostgreSQL's planner costs both
     // ways from statistics and does best with the plain test.
@@ -1012,13 +1091,17 @@ fn filter(planner: &mut Planner, q: &SearchQuery) -> Sql {
         " FROM resources r WHERE r.deleted = 0 AND r.res_type IN "
     });
     sql.text_list(&q.types);
-    for (i, c) in q.conditions.iter().enumerate() {
+    for (i, c) in conditions.iter().enumerate() {
         sql.push(" AND ");
         if Some(i) == driver {
             planner.driving_condition(&mut sql, c, "r");
         } else {
             planner.condition(&mut sql, c, "r");
         }
+    }
+    if let Some(vis) = predicate {
+        sql.push(" AND ");
+        planner.visibility(&mut sql, vis, &q.types, "r");
     }
     sql
 }
@@ -1031,7 +1114,7 @@ pub fn run(
     q: &SearchQuery,
     cursor: Option<&Cursor>,
 ) -> FhirResult<Page> {
-    let mut planner = Planner::new(backend);
+    let mut planner = Planner::with_visibility(backend, q.visible.as_ref());
     let where_ = filter(&mut planner, q);
     if let Some(c) = cursor {
         // A cursor comes back from the client: its keys must fit this query's sort exactly.
@@ -1101,7 +1184,7 @@ pub fn run(
     if page.total.is_none() && cursor.is_none() && !more {
         page.total = Some(hits.len() as i64);
     }
-    page.included = includes(conn, q, &hits)?;
+    page.included = includes(conn, backend, q, &hits)?;
     let rids: Vec<i64> = hits.iter().chain(&page.included).map(|h| h.rid).collect();
     page.contents = contents(conn, &rids)?
         .into_iter()
@@ -1166,7 +1249,7 @@ struct PgPlanRow {
 /// The database's plan for the first page of `q` (EXPLAIN QUERY PLAN on SQLite, EXPLAIN on
 /// PostgreSQL), one line per step.
 pub fn explain(conn: &mut DbConn, backend: Backend, q: &SearchQuery) -> FhirResult<Vec<String>> {
-    let mut planner = Planner::new(backend);
+    let mut planner = Planner::with_visibility(backend, q.visible.as_ref());
     let where_ = filter(&mut planner, q);
     let page = page_sql(&mut planner, q, where_, None, false);
     let mut sql = Sql::new(match backend {
@@ -1217,7 +1300,12 @@ fn keyset(sql: &mut Sql, q: &SearchQuery, keys: &[Sql], c: &Cursor, backwards: b
     sql.push(")");
 }
 
-fn includes(conn: &mut DbConn, q: &SearchQuery, matches: &[Hit]) -> FhirResult<Vec<Hit>> {
+fn includes(
+    conn: &mut DbConn,
+    backend: Backend,
+    q: &SearchQuery,
+    matches: &[Hit],
+) -> FhirResult<Vec<Hit>> {
     if q.includes.is_empty() && q.revincludes.is_empty() {
         return Ok(vec![]);
     }
@@ -1273,7 +1361,10 @@ fn includes(conn: &mut DbConn, q: &SearchQuery, matches: &[Hit]) -> FhirResult<V
                 )?);
             }
         }
-        let fresh: Vec<Hit> = found.into_iter().filter(|h| seen.insert(h.rid)).collect();
+        let mut fresh: Vec<Hit> = found.into_iter().filter(|h| seen.insert(h.rid)).collect();
+        if let Some(vis) = &q.readable {
+            fresh = visible_only(conn, backend, vis, fresh)?;
+        }
         if fresh.is_empty() || out.len() >= MAX_INCLUDES {
             break;
         }
@@ -1282,6 +1373,37 @@ fn includes(conn: &mut DbConn, q: &SearchQuery, matches: &[Hit]) -> FhirResult<V
     }
     out.truncate(MAX_INCLUDES);
     Ok(out)
+}
+
+/// The hits the caller may see under `vis`, in their order.
+fn visible_only(
+    conn: &mut DbConn,
+    backend: Backend,
+    vis: &Visibility,
+    hits: Vec<Hit>,
+) -> FhirResult<Vec<Hit>> {
+    if hits.is_empty() {
+        return Ok(hits);
+    }
+    let mut types: Vec<String> = hits.iter().map(|h| h.res_type.clone()).collect();
+    types.sort();
+    types.dedup();
+    let rids: Vec<i64> = hits.iter().map(|h| h.rid).collect();
+    let mut ok: HashSet<i64> = HashSet::new();
+    // In chunks: both backends cap the bound parameters of one statement.
+    for chunk in rids.chunks(500) {
+        let mut q = Sql::new("SELECT r.rid AS rid FROM resources r WHERE r.rid IN ");
+        q.int_list(chunk).push(" AND ");
+        Planner::new(backend).visibility(&mut q, vis, &types, "r");
+        ok.extend(q.load::<RidRow>(conn)?.into_iter().map(|r| r.rid));
+    }
+    Ok(hits.into_iter().filter(|h| ok.contains(&h.rid)).collect())
+}
+
+#[derive(Debug, QueryableByName)]
+struct RidRow {
+    #[diesel(sql_type = BigInt)]
+    rid: i64,
 }
 
 fn clone_hit(h: &Hit) -> Hit {

@@ -142,6 +142,8 @@ pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) ->
 pub struct HistoryQuery {
     pub res_type: Option<String>,
     pub res_id: Option<String>,
+    /// Only these types (system history of a caller who may not see every type).
+    pub types: Option<Vec<String>>,
     /// Only versions written at or after this instant (µs).
     pub since: Option<i64>,
     /// Only versions current at some point in `[start, end)` (µs).
@@ -157,6 +159,9 @@ pub fn history(conn: &mut DbConn, q: &HistoryQuery) -> FhirResult<Vec<VersionRow
     }
     if let Some(id) = &q.res_id {
         query = query.filter(rh::res_id.eq(id.clone()));
+    }
+    if let Some(types) = &q.types {
+        query = query.filter(rh::res_type.eq_any(types.clone()));
     }
     if let Some(since) = q.since {
         query = query.filter(rh::last_updated.ge(since));
