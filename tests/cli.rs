@@ -104,6 +104,7 @@ fn sigterm_stops_the_server_gracefully() {
             format!("sqlite://{}/cairn.sqlite", dir.display()),
         )
         .env("CAIRN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CAIRN_DATA_DIR", format!("{}/data", dir.display()))
         .env("CAIRN_LOG_FORMAT", "json")
         .stderr(Stdio::piped())
         .spawn()
@@ -168,12 +169,29 @@ fn reindex_rebuilds_the_search_index() {
         .unwrap()
         .port();
     let base = format!("http://127.0.0.1:{port}/fhir");
+    let env = [
+        ("CAIRN_DATABASE_URL", url.clone()),
+        ("CAIRN_LISTEN", format!("127.0.0.1:{port}")),
+        ("CAIRN_DATA_DIR", format!("{}/data", dir.display())),
+    ];
     let mut server = cairn()
-        .env("CAIRN_DATABASE_URL", &url)
-        .env("CAIRN_LISTEN", format!("127.0.0.1:{port}"))
+        .envs(env.clone())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // `cairn token` with the server's settings mints a token the server accepts.
+    let minted = cairn()
+        .args(["token", "--scope", "system/Patient.cruds"])
+        .envs(env.clone())
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let stdout = String::from_utf8(minted.stdout).unwrap();
+    let bearer = format!("Bearer {}", stdout.lines().last().unwrap());
     let started = Instant::now();
     while ureq::get(&format!("{base}/metadata")).call().is_err() {
         assert!(started.elapsed() < Duration::from_secs(30));
@@ -181,11 +199,13 @@ fn reindex_rebuilds_the_search_index() {
     }
     let patient = r#"{"resourceType":"Patient","name":[{"family":"Okafor"}]}"#;
     ureq::post(&format!("{base}/Patient"))
+        .set("Authorization", &bearer)
         .set("Content-Type", "application/fhir+json")
         .send_string(patient)
         .unwrap();
     let found = |base: &str| -> usize {
         let b: serde_json::Value = ureq::get(&format!("{base}/Patient?family=okafor"))
+            .set("Authorization", &bearer)
             .call()
             .unwrap()
             .into_json()
@@ -201,7 +221,7 @@ fn reindex_rebuilds_the_search_index() {
     assert_eq!(found(&base), 0);
     let out = cairn()
         .args(["reindex"])
-        .env("CAIRN_DATABASE_URL", &url)
+        .envs(env.clone())
         .output()
         .unwrap();
     assert!(

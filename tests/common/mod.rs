@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use cairn::config::{DatabaseArgs, LogFormat, Settings};
+use cairn::auth::server::Mint;
+use cairn::config::{AuthArgs, AuthMode, DatabaseArgs, LogFormat, Settings};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
 
@@ -20,9 +21,15 @@ pub struct TestApp {
     pub root: String,
     pub base: String,
     pub backend: Backend,
+    pub settings: Settings,
+    /// The database URL the app runs on (for CLI commands against the same database).
+    pub db_url: String,
+    pub port: u16,
+    /// Sent with every request that names no Authorization header: `system/*.cruds`.
+    pub admin_token: String,
     /// For PostgreSQL: the admin URL and the database to drop at the end.
     pg: Option<(String, String)>,
-    _dir: Option<tempdir::TempDir>,
+    _dir: tempdir::TempDir,
 }
 
 mod tempdir {
@@ -46,33 +53,55 @@ pub fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
 }
 
-fn settings(url: &str) -> Settings {
+/// The authorization settings of a test server: enabled, with the defaults.
+pub fn auth_args() -> AuthArgs {
+    AuthArgs {
+        mode: AuthMode::Enabled,
+        issuer: None,
+        audience: None,
+        leeway: 30,
+        token_lifetime: 300,
+        oidc_issuer: None,
+        oidc_jwks_url: None,
+        oidc_jwks_file: None,
+        oidc_jwks_min_interval: 10,
+        oidc_jwks_max_age: 600,
+    }
+}
+
+pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
     Settings {
         db: DatabaseArgs {
             database_url: url.parse().expect("test database URL"),
         },
         listen: "127.0.0.1:0".into(),
         base_url: None,
-        data_dir: std::env::temp_dir(),
+        data_dir,
         log_format: LogFormat::Pretty,
         max_body_size: 4 * 1024 * 1024,
         pool_size: 8,
         pool_timeout_secs: 2,
         default_count: 50,
         max_count: 1000,
+        auth: auth_args(),
     }
 }
 
 /// Starts Cairn on `backend`; None when that backend is not available (PostgreSQL without
 /// CAIRN_TEST_POSTGRES_URL).
 pub fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {})
+}
+
+/// Starts Cairn on `backend` with settings adjusted by `adjust`.
+pub fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let unique = uuid::Uuid::new_v4().simple().to_string();
-    let (url, pg, dir) = match backend {
+    let dir = std::env::temp_dir().join(format!("cairn-test-{unique}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (url, pg) = match backend {
         Backend::Sqlite => {
-            let dir = std::env::temp_dir().join(format!("cairn-test-{unique}"));
-            std::fs::create_dir_all(&dir).unwrap();
             let url = format!("sqlite://{}/cairn.sqlite", dir.display());
-            (url, None, Some(tempdir::TempDir(dir)))
+            (url, None)
         }
         Backend::Postgres => {
             let admin = postgres_url()?;
@@ -85,12 +114,15 @@ pub fn spawn_app(backend: Backend) -> Option<TestApp> {
             let (prefix, _) = admin
                 .rsplit_once('/')
                 .expect("postgres URL with a database");
-            (format!("{prefix}/{db}"), Some((admin, db)), None)
+            (format!("{prefix}/{db}"), Some((admin, db)))
         }
     };
-    let settings = settings(&url);
+    let mut settings = settings(&url, dir.join("data"));
+    adjust(&mut settings);
+    let server_settings = settings.clone();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let settings = server_settings;
         actix_web::rt::System::new().block_on(async move {
             match cairn::http::Application::build(&settings) {
                 Ok(app) => {
@@ -103,16 +135,40 @@ pub fn spawn_app(backend: Backend) -> Option<TestApp> {
     });
     let port = rx.recv().unwrap().expect("the application starts");
     let root = format!("http://127.0.0.1:{port}");
-    Some(TestApp {
+    let mut app = TestApp {
         base: format!("{root}/fhir"),
         root,
         backend,
+        settings,
+        db_url: url,
+        port,
+        admin_token: String::new(),
         pg,
-        _dir: dir,
-    })
+        _dir: tempdir::TempDir(dir),
+    };
+    app.admin_token = app.token("system/*.cruds", None);
+    Some(app)
 }
 
 impl TestApp {
+    /// A token from the app's built-in authorization server.
+    pub fn mint(&self, m: &Mint) -> String {
+        let auth = cairn::auth::Auth::from_settings(&self.settings, self.port).expect("auth");
+        auth.server.mint(m).expect("mint")
+    }
+
+    /// A token with `scope` (and a patient in context), valid for ten minutes.
+    pub fn token(&self, scope: &str, patient: Option<&str>) -> String {
+        self.mint(&Mint {
+            subject: "test".into(),
+            client_id: "test".into(),
+            scope: scope.into(),
+            patient: patient.map(str::to_string),
+            fhir_user: None,
+            lifetime: 600,
+        })
+    }
+
     /// PostgreSQL only: drops the app's database under it (its connections are cut).
     pub fn drop_database(&self) {
         if let Some((admin, db)) = &self.pg {
@@ -191,6 +247,12 @@ impl TestApp {
         body: Option<&[u8]>,
     ) -> Resp {
         let mut req = ureq::request(method, &self.url(path));
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.set("Authorization", &format!("Bearer {}", self.admin_token));
+        }
         for (k, v) in headers {
             req = req.set(k, v);
         }
