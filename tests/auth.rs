@@ -826,6 +826,92 @@ fn compartment_writes(app: &TestApp) {
     .outcome(403);
 }
 
+/// Writes that would reach another patient's data by the back door are refused too.
+fn compartment_writes_through_side_doors(app: &TestApp) {
+    let t = two_patients(app, "patient/*.cruds");
+    let (a, b, h) = (&t.a, &t.b, &t.h);
+    let tw = &t.token_a;
+    // B's Patient, even when it links to A (it is in A's compartment for reading).
+    let linked = json!({"resourceType": "Patient", "id": b,
+        "link": [{"other": {"reference": format!("Patient/{a}")}, "type": "seealso"}]});
+    app.put(&linked);
+    assert_eq!(
+        app.as_token(tw, "GET", &format!("Patient/{b}"), None)
+            .status,
+        200
+    );
+    let mut takeover = linked.clone();
+    takeover["telecom"] = json!([{"system": "phone", "value": "555"}]);
+    app.as_token(tw, "PUT", &format!("Patient/{b}"), Some(&takeover))
+        .outcome(403);
+    app.as_token(tw, "DELETE", &format!("Patient/{b}"), None)
+        .outcome(403);
+    // A CareTeam of both patients belongs to B as well: A may not change or remove it.
+    let team = app.put(
+        &json!({"resourceType": "CareTeam", "id": format!("team-{h}"),
+        "subject": {"reference": format!("Patient/{a}")},
+        "participant": [{"member": {"reference": format!("Patient/{b}")}}]}),
+    );
+    assert_eq!(
+        app.as_token(tw, "GET", &format!("CareTeam/{team}"), None)
+            .status,
+        200
+    );
+    app.as_token(tw, "DELETE", &format!("CareTeam/{team}"), None)
+        .outcome(403);
+    app.as_token(tw, "PUT", &format!("CareTeam/{team}"),
+        Some(&json!({"resourceType": "CareTeam", "id": team, "subject": {"reference": format!("Patient/{a}")}})))
+        .outcome(403);
+    // References that name B in disguise: a path ending in B, an absolute URL under another name.
+    for reference in [
+        format!("Patient/{a}/Patient/{b}"),
+        format!("http://localhost:8080/fhir/Patient/{b}"),
+        format!("Patient/{b}/_history/1"),
+    ] {
+        let o = json!({"resourceType": "Observation", "status": "final", "code": {"text": "d"},
+            "subject": {"reference": reference}, "performer": [{"reference": format!("Patient/{a}")}]});
+        app.as_token(tw, "POST", "Observation", Some(&o))
+            .outcome(403);
+    }
+    // If-Match on B's data is refused before the version is compared (no version oracle).
+    let r = app.send(
+        "DELETE",
+        &format!("Observation/obs-b-{h}"),
+        &[
+            ("Authorization", &format!("Bearer {tw}")),
+            ("If-Match", "W/\"9\""),
+        ],
+        None,
+    );
+    r.outcome(403);
+    // B's deleted data stays B's: 403, not 410.
+    app.delete_as_admin(&format!("Observation/only-b-{h}"));
+    app.as_token(tw, "GET", &format!("Observation/only-b-{h}"), None)
+        .outcome(403);
+    app.delete_as_admin(&format!("Goal/goal-a-{h}"));
+    assert_eq!(
+        app.as_token(tw, "GET", &format!("Goal/goal-a-{h}"), None)
+            .status,
+        410
+    );
+    // Nothing of B's changed.
+    assert_eq!(
+        app.get(&format!("Patient/{b}")).json()["meta"]["versionId"],
+        "2"
+    );
+    assert_eq!(
+        app.get(&format!("CareTeam/{team}")).json()["meta"]["versionId"],
+        "1"
+    );
+}
+
+impl TestApp {
+    fn delete_as_admin(&self, path: &str) {
+        let r = self.send("DELETE", path, &[], None);
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+}
+
 // ------------------------------------------------------------------ granular scopes
 
 fn granular_scopes_filter_results(app: &TestApp) {
@@ -1042,6 +1128,14 @@ fn backend_services_token_endpoint(app: &TestApp) {
         ),
         ("unregistered client", assertion(app, "nobody", json!({}))),
         ("no jti", assertion(app, "lab-sync", json!({"jti": null}))),
+        (
+            "exp as a fraction",
+            assertion(app, "lab-sync", json!({"exp": now() as f64 + 60.5})),
+        ),
+        (
+            "exp beyond i64",
+            assertion(app, "lab-sync", json!({"exp": u64::MAX})),
+        ),
         ("tampered signature", {
             let mut c = assertion(app, "lab-sync", json!({}));
             c.push('x');
@@ -1078,6 +1172,7 @@ on_both_backends!(
     compartment_has_and_chains,
     compartment_system_search_and_history,
     compartment_writes,
+    compartment_writes_through_side_doors,
     granular_scopes_filter_results,
     backend_services_token_endpoint,
 );
