@@ -2,6 +2,7 @@
 //! `MultiConnection`, an r2d2 pool, and migrations embedded per backend. Database work runs on
 //! tokio's blocking pool, never on an actix worker. Only this module sees diesel.
 
+pub mod audit;
 pub mod clients;
 mod schema;
 pub mod search;
@@ -149,7 +150,9 @@ impl Store {
         });
         let pool = Pool::builder()
             .max_size(pool_size)
-            .min_idle(Some(1))
+            // No connections opened in the background: a process (a CLI command) may exit while
+            // r2d2's thread is still inside libpq, which can crash at exit.
+            .min_idle(Some(0))
             .connection_timeout(wait)
             .connection_customizer(Box::new(SqlitePragmas))
             .build(manager)
@@ -179,6 +182,22 @@ impl Store {
     {
         let store = self.clone();
         blocking(move || f(&mut *store.conn()?)).await
+    }
+
+    /// Runs `f` in one transaction on the calling thread (for threads of our own, such as the
+    /// audit committer; never on an async worker).
+    pub fn write_now<T, F>(&self, f: F) -> FhirResult<T>
+    where
+        F: FnOnce(&mut DbConn) -> FhirResult<T>,
+    {
+        let mut pooled = self.conn()?;
+        let conn: &mut DbConn = &mut pooled;
+        conn.transaction(|c: &mut DbConn| {
+            if let DbConn::Sqlite(_) = c {
+                c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?;
+            }
+            f(c)
+        })
     }
 
     /// Runs read-only work that makes several queries in one transaction on a consistent snapshot
