@@ -69,6 +69,14 @@ pub struct AuthArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditMode {
+    /// Every interaction is recorded before it is answered
+    Enabled,
+    /// Nothing is recorded: for benchmarks that measure the audit's cost only
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Pretty,
     Json,
@@ -134,6 +142,15 @@ pub struct Settings {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    /// The audit trail (enabled), or none (disabled: only to measure what auditing costs)
+    #[arg(
+        long = "audit",
+        env = "CAIRN_AUDIT",
+        value_enum,
+        default_value = "enabled"
+    )]
+    pub audit: AuditMode,
 }
 
 fn parse_base_url(s: &str) -> Result<String, String> {

@@ -2,6 +2,7 @@
 //! `http` → `auth` → `rest` → `store`, with `fhir` (types, parsing, validation) and `search` beside
 //! them.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -31,6 +31,29 @@ enum Command {
     /// Register and manage SMART Backend Services clients of the built-in authorization server
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Check or export the audit trail
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole audit log's hash chain; exit 1 and name the first bad record if broken
+    Verify {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Write the AuditEvents recorded since an instant to stdout
+    Export {
+        /// FHIR instant or date, e.g. 2026-11-30 or 2026-11-30T08:00:00Z
+        #[arg(long)]
+        since: String,
+        /// Output format
+        #[arg(long, value_parser = ["ndjson"], default_value = "ndjson")]
+        format: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -128,6 +151,7 @@ fn main() -> ExitCode {
     match command {
         Command::Token(args) => token(*args),
         Command::Client(c) => client(c),
+        Command::Audit(c) => audit(c),
         Command::Migrate(db) => match db.database_url.migrate() {
             Ok(applied) if applied.is_empty() => {
                 println!("database is up to date");
@@ -289,6 +313,53 @@ fn client(command: ClientCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Err(e) => fail(e),
+    }
+}
+
+/// `cairn audit verify|export`, directly on the database.
+fn audit(command: AuditCommand) -> ExitCode {
+    let db = match &command {
+        AuditCommand::Verify { db } | AuditCommand::Export { db, .. } => db.clone(),
+    };
+    let result = actix_web::rt::System::new().block_on(async move {
+        let store =
+            cairn::store::Store::open(&db.database_url, 2, std::time::Duration::from_secs(10))?;
+        let outcome: Result<bool, String> = match command {
+            AuditCommand::Verify { .. } => {
+                match cairn::audit::verify(&store)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    cairn::audit::Verdict::Intact { records, head } => {
+                        println!("audit log intact: {records} records, chain head {head}");
+                        Ok(true)
+                    }
+                    cairn::audit::Verdict::Broken { seq, problem } => {
+                        println!("audit log BROKEN at record {seq}: {problem}");
+                        Ok(false)
+                    }
+                }
+            }
+            AuditCommand::Export { since, .. } => {
+                let from = cairn::fhir::parse_instant_range(&since)
+                    .ok_or_else(|| format!("--since '{since}' is not a FHIR date or instant"))?
+                    .start;
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let n = cairn::audit::export(&store, from, &mut out)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+                eprintln!("exported {n} AuditEvents");
+                Ok(true)
+            }
+        };
+        outcome
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => fail(e),
     }
 }

@@ -77,6 +77,10 @@ impl Access {
             if !s.covers_type(resource_type) || !s.perms.has(perm) {
                 continue;
             }
+            // The audit trail is for auditors: system/ scopes only.
+            if crate::fhir::is_server_written(resource_type) && s.context != Context::System {
+                continue;
+            }
             let mut patient = None;
             if s.context == Context::Patient {
                 let Some(p) = &self.patient else {

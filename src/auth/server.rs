@@ -106,6 +106,10 @@ impl AuthServer {
             "patient/*.rs".to_string(),
         ];
         for t in crate::fhir::ENABLED_TYPES {
+            if crate::fhir::is_server_written(t) {
+                scopes.push(format!("system/{t}.rs"));
+                continue;
+            }
             scopes.push(format!("system/{t}.cruds"));
             scopes.push(format!("patient/{t}.rs"));
         }

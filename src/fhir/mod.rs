@@ -9,6 +9,8 @@ mod validate;
 
 pub use datetime::{format_instant, parse_instant_range, DateRange};
 pub use format::{parse_resource, render, Format};
-pub use registry::{is_enabled, valid_id, ENABLED_TYPES, FHIR_VERSION};
+pub use registry::{
+    is_enabled, is_server_written, valid_id, ENABLED_TYPES, FHIR_VERSION, SERVER_WRITTEN,
+};
 pub use subset::{subset, Subset};
 pub use validate::validate_resource;

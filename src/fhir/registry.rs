@@ -15,7 +15,17 @@ pub const ENABLED_TYPES: &[&str] = &[
     "Questionnaire",
     "QuestionnaireResponse",
     "RelatedPerson",
+    "AuditEvent",
 ];
+
+/// Types only the server writes (the audit trail): clients may read and search them, never create,
+/// update or delete them (405), and system-wide search and history leave them out unless asked
+/// for by `_type`.
+pub const SERVER_WRITTEN: &[&str] = &["AuditEvent"];
+
+pub fn is_server_written(resource_type: &str) -> bool {
+    SERVER_WRITTEN.contains(&resource_type)
+}
 
 pub fn is_enabled(resource_type: &str) -> bool {
     ENABLED_TYPES.contains(&resource_type)

@@ -52,13 +52,22 @@ pub fn capability_statement(base_url: &str, security: Value) -> Value {
         .iter()
         .map(|t| {
             let (search_params, includes, revincludes) = search_capabilities(t);
+            let written_here = crate::fhir::is_server_written(t);
+            let interactions: Vec<Value> = if written_here {
+                ["read", "vread", "history-instance", "search-type"]
+                    .iter()
+                    .map(|c| json!({"code": c}))
+                    .collect()
+            } else {
+                interactions.clone()
+            };
             let mut r = json!({
                 "type": t,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
                 "interaction": interactions,
                 "versioning": "versioned-update",
                 "readHistory": true,
-                "updateCreate": true,
+                "updateCreate": !written_here,
                 "conditionalCreate": false,
                 "conditionalRead": "full-support",
                 "conditionalUpdate": false,

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::audit::AuditSeed;
 use crate::auth::{Access, Perm, Rule};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, format_instant};
@@ -74,7 +75,7 @@ impl Stored {
     }
 }
 
-fn now_micros() -> i64 {
+pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -124,6 +125,39 @@ fn admit(
             "{what} {ty}/{id} is outside what the access token may touch (its patient compartment or scope filter)"
         )))
     }
+}
+
+/// 405 for the types only the server writes (the audit trail).
+fn ensure_writable(ty: &str) -> FhirResult<()> {
+    if fhir::is_server_written(ty) {
+        return Err(FhirError::MethodNotAllowed(format!(
+            "{ty} is written by the server only: it can be read and searched, never changed"
+        )));
+    }
+    Ok(())
+}
+
+/// The AuditEvent of a successful write, stored in the write's own transaction.
+fn audit_write(
+    conn: &mut store::DbConn,
+    seed: Option<&AuditSeed>,
+    base: &str,
+    status: u16,
+    stored: Option<&Stored>,
+    ty: &str,
+    id: &str,
+) -> FhirResult<()> {
+    let Some(seed) = seed else {
+        return Ok(());
+    };
+    let entities = match stored {
+        Some(s) => crate::audit::written_entities(s, base),
+        None => vec![crate::audit::resource_entity(&format!("{ty}/{id}"))],
+    };
+    crate::audit::record_in(conn, base, vec![seed.event(status, entities)]).map_err(|e| {
+        tracing::error!(error = %e, "the audit record of a write could not be stored");
+        FhirError::Unavailable("the audit log is unavailable, so nothing was written".into())
+    })
 }
 
 /// Checks that the type is one the server serves.
@@ -185,7 +219,7 @@ fn body_type(resource: &Value) -> &str {
 
 /// Appends one version inside the caller's transaction, and rewrites the resource's search index
 /// rows: the one write path every interaction uses.
-fn write_version(
+pub(crate) fn write_version(
     conn: &mut store::DbConn,
     base_url: &str,
     prev: Option<&CurrentRow>,
@@ -226,8 +260,15 @@ fn write_version(
 
 impl Engine {
     /// create: a new resource with a server-assigned id.
-    pub async fn create(&self, access: &Access, ty: &str, resource: Value) -> FhirResult<Written> {
+    pub async fn create(
+        &self,
+        access: &Access,
+        audit: Option<&AuditSeed>,
+        ty: &str,
+        resource: Value,
+    ) -> FhirResult<Written> {
         ensure_type(ty)?;
+        ensure_writable(ty)?;
         let rule = rule(access, Perm::Create, ty)?;
         if body_type(&resource) != ty {
             return Err(FhirError::invalid(
@@ -239,9 +280,14 @@ impl Engine {
         admit(&rule, ty, &id, &resource, &self.base_url, "creating")?;
         let ty = ty.to_string();
         let base = self.base_url.clone();
+        let seed = audit.cloned();
         let stored = self
             .store
-            .write(move |conn| write_version(conn, &base, None, &ty, &id, "POST", Some(resource)))
+            .write(move |conn| {
+                let s = write_version(conn, &base, None, &ty, &id, "POST", Some(resource))?;
+                audit_write(conn, seed.as_ref(), &base, 201, Some(&s), &ty, &id)?;
+                Ok(s)
+            })
             .await?;
         Ok(Written {
             stored,
@@ -324,12 +370,14 @@ impl Engine {
     pub async fn update(
         &self,
         access: &Access,
+        audit: Option<&AuditSeed>,
         ty: &str,
         id: &str,
         resource: Value,
         if_match: Option<i64>,
     ) -> FhirResult<Written> {
         ensure_type(ty)?;
+        ensure_writable(ty)?;
         let rule = rule(access, Perm::Update, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::invalid(
@@ -360,6 +408,7 @@ impl Engine {
         }
         admit(&rule, ty, id, &resource, &self.base_url, "writing")?;
         let base = self.base_url.clone();
+        let seed = audit.cloned();
         self.retrying(
             if_match,
             move |conn, ty, id| {
@@ -369,6 +418,8 @@ impl Engine {
                 let created = prev.is_none_or(|p| p.deleted != 0);
                 let resource = Some(resource.clone());
                 let stored = write_version(conn, &base, prev.as_ref(), ty, id, "PUT", resource)?;
+                let status = if created { 201 } else { 200 };
+                audit_write(conn, seed.as_ref(), &base, status, Some(&stored), ty, id)?;
                 Ok(Some(Written { stored, created }))
             },
             ty,
@@ -382,32 +433,38 @@ impl Engine {
     pub async fn delete(
         &self,
         access: &Access,
+        audit: Option<&AuditSeed>,
         ty: &str,
         id: &str,
         if_match: Option<i64>,
     ) -> FhirResult<Option<Written>> {
         ensure_type(ty)?;
+        ensure_writable(ty)?;
         let rule = rule(access, Perm::Delete, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
         let base = self.base_url.clone();
+        let seed = audit.cloned();
         self.retrying(
             if_match,
             move |conn, ty, id| {
                 let prev = store::current_for_update(conn, ty, id)?;
                 admit_current(conn, &rule, prev.as_ref(), ty, id, &base, "deleting")?;
                 check_if_match(if_match, prev.as_ref(), ty, id)?;
-                match prev {
+                let written = match prev {
                     Some(p) if p.deleted == 0 => {
                         let stored = write_version(conn, &base, Some(&p), ty, id, "DELETE", None)?;
-                        Ok(Some(Written {
+                        Some(Written {
                             stored,
                             created: false,
-                        }))
+                        })
                     }
-                    _ => Ok(None),
-                }
+                    _ => None,
+                };
+                let stored = written.as_ref().map(|w| &w.stored);
+                audit_write(conn, seed.as_ref(), &base, 204, stored, ty, id)?;
+                Ok(written)
             },
             ty,
             id,

@@ -52,8 +52,10 @@ impl Engine {
                 }
                 let types: Vec<String> = if asked.is_empty() {
                     // Every type the caller may search.
+                    // Every type the caller may search (the audit trail only when named).
                     fhir::ENABLED_TYPES
                         .iter()
+                        .filter(|t| !fhir::is_server_written(t))
                         .filter(|t| access.rule(Perm::Search, t) != Rule::Deny)
                         .map(|t| t.to_string())
                         .collect()

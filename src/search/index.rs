@@ -98,6 +98,15 @@ pub fn ucum_canonical(value: f64, code: &str) -> Option<(f64, String)> {
 /// Extracts every index entry of `resource`. `base_url` makes absolute references to this server
 /// local ones.
 pub fn extract(resource: &Value, base_url: &str) -> Vec<IndexEntry> {
+    extract_where(resource, base_url, |_| true)
+}
+
+/// The index entries of the parameters whose code `wanted` accepts.
+pub fn extract_where(
+    resource: &Value,
+    base_url: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<IndexEntry> {
     let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
         return vec![];
     };
@@ -105,7 +114,7 @@ pub fn extract(resource: &Value, base_url: &str) -> Vec<IndexEntry> {
         return vec![];
     };
     let mut out = Vec::new();
-    for param in params.values().filter(|p| p.indexed()) {
+    for param in params.values().filter(|p| p.indexed() && wanted(&p.code)) {
         let Some(expr) = &param.expression else {
             continue;
         };

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use fhirpath::reference_parts;
-pub use index::{extract, normalize, IndexEntry, IndexValue, QuantityValue};
+pub use index::{extract, extract_where, normalize, IndexEntry, IndexValue, QuantityValue};
 pub use params::{registry, ParamType, SearchParam};
 pub use query::{
     parse, Condition, Include, Match, ParseOptions, Prefix, SearchQuery, SortKey, StringMatch,
@@ -28,6 +28,36 @@ pub fn value_set(url: &str) -> Option<&'static HashMap<String, Vec<String>>> {
             .expect("r4-value-sets.json is valid (generated)")
     })
     .get(url)
+}
+
+/// The patients whose compartment holds this resource (a Patient is in its own).
+pub fn patients_in(resource: &serde_json::Value, base_url: &str) -> Vec<String> {
+    let ty = resource
+        .get("resourceType")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let Some(params) = patient_compartment(ty) else {
+        return vec![];
+    };
+    let mut out: Vec<String> = Vec::new();
+    if ty == "Patient" {
+        if let Some(id) = resource.get("id").and_then(serde_json::Value::as_str) {
+            out.push(id.to_string());
+        }
+    }
+    for e in extract_where(resource, base_url, |c| params.iter().any(|p| p == c)) {
+        if let IndexValue::Reference {
+            target_type,
+            target_id,
+            ..
+        } = e.value
+        {
+            if target_type == "Patient" && !out.contains(&target_id) {
+                out.push(target_id);
+            }
+        }
+    }
+    out
 }
 
 /// The reference parameters by which a resource type belongs to the Patient compartment

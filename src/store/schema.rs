@@ -142,3 +142,12 @@ diesel::table! {
         expires -> BigInt,
     }
 }
+
+diesel::table! {
+    audit_chain (seq) {
+        seq -> BigInt,
+        event_id -> Text,
+        event_hash -> Text,
+        chain_hash -> Text,
+    }
+}

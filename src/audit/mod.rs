@@ -1,0 +1,153 @@
+//! The audit trail: one IHE BALP-shaped AuditEvent per interaction, stored as an ordinary (but
+//! server-written, append-only) AuditEvent resource so the search engine serves it, and chained:
+//! every record's hash covers the previous record's, in `audit_chain`.
+//!
+//! Writes put their AuditEvent in their own transaction (`record_in`); reads, searches and failures
+//! hand theirs to the `Auditor`, which commits them in batches (group commit) and answers each
+//! request only once its record is durable. If that fails, the request fails (503): closed.
+
+mod chain;
+mod event;
+
+use std::sync::mpsc;
+use std::thread;
+
+use serde_json::Value;
+
+use crate::error::{FhirError, FhirResult};
+use crate::store::{DbConn, Store};
+
+pub use chain::{export, verify, Verdict};
+pub use event::{infer, patient_entity, query_entity, resource_entity, AuditSeed, Interaction};
+
+/// The entities of a search: its query (relative to the base, e.g. `Patient?family=x`) and the
+/// patients it names (`patient=`, `subject=Patient/…`, a Patient `_id`, a compartment).
+pub fn search_entities(query: &str, params: &[(String, String)], ty: Option<&str>) -> Vec<Value> {
+    let mut patients: Vec<String> = Vec::new();
+    let mut add = |p: &str| {
+        if !p.is_empty() && !patients.iter().any(|x| x == p) {
+            patients.push(p.to_string());
+        }
+    };
+    if let Some(("Patient", rest)) = query.split_once('/') {
+        add(rest.split('/').next().unwrap_or_default());
+    }
+    for (k, v) in params {
+        let name = k.split(':').next().unwrap_or(k);
+        for value in v.split(',') {
+            let id = match (name, ty) {
+                ("patient", _) => value.rsplit("Patient/").next(),
+                ("subject", _) => value.split_once("Patient/").map(|(_, id)| id),
+                ("_id", Some("Patient")) => Some(value),
+                _ => None,
+            };
+            if let Some(id) = id {
+                add(id.split('/').next().unwrap_or_default());
+            }
+        }
+    }
+    let mut out = vec![query_entity(query)];
+    out.extend(patients.iter().map(|p| patient_entity(p)));
+    out
+}
+
+/// The entities of a written (or read) version: the resource with its version, and the patients
+/// whose compartment holds it.
+pub fn written_entities(s: &crate::rest::Stored, base_url: &str) -> Vec<Value> {
+    let mut out = vec![resource_entity(&format!(
+        "{}/{}/_history/{}",
+        s.resource_type, s.id, s.version
+    ))];
+    if let Some(content) = &s.content {
+        if let Ok(v) = serde_json::from_str::<Value>(content) {
+            out.extend(
+                crate::search::patients_in(&v, base_url)
+                    .iter()
+                    .map(|p| patient_entity(p)),
+            );
+        }
+    }
+    out
+}
+
+/// Events handed to the committer at most per batch.
+const MAX_BATCH: usize = 512;
+
+type Reply = tokio::sync::oneshot::Sender<FhirResult<()>>;
+
+/// The group committer: a thread that writes queued AuditEvents a batch per transaction.
+#[derive(Clone)]
+pub struct Auditor {
+    queue: mpsc::Sender<(Value, Reply)>,
+}
+
+impl Auditor {
+    pub fn start(store: Store, base_url: String) -> Auditor {
+        let (queue, rx) = mpsc::channel::<(Value, Reply)>();
+        thread::Builder::new()
+            .name("cairn-audit".into())
+            .spawn(move || {
+                // Ends when every sender (the server's state) is gone.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(item) => batch.push(item),
+                            Err(_) => break,
+                        }
+                    }
+                    let (events, replies): (Vec<Value>, Vec<Reply>) = batch.into_iter().unzip();
+                    let base = base_url.clone();
+                    let result = store.write_now(move |conn| record_in(conn, &base, events));
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "the audit batch could not be stored");
+                    }
+                    for reply in replies {
+                        let _ = reply.send(match &result {
+                            Ok(()) => Ok(()),
+                            Err(_) => Err(FhirError::Unavailable(
+                                "the audit log is unavailable, so the request was not answered"
+                                    .into(),
+                            )),
+                        });
+                    }
+                }
+            })
+            .expect("start the audit thread");
+        Auditor { queue }
+    }
+
+    /// Stores one AuditEvent durably (with others queued at the same time); returns once it is.
+    pub async fn record(&self, event: Value) -> FhirResult<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((event, tx))
+            .map_err(|_| FhirError::Unavailable("the audit log is shut down".into()))?;
+        rx.await
+            .map_err(|_| FhirError::Unavailable("the audit log stopped".into()))?
+    }
+}
+
+/// Appends AuditEvents inside the caller's transaction: each is stored as an AuditEvent resource
+/// and linked into the hash chain.
+pub fn record_in(conn: &mut DbConn, base_url: &str, events: Vec<Value>) -> FhirResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut head = chain::lock_head(conn)?;
+    for event in events {
+        let id = uuid::Uuid::new_v4().to_string();
+        let stored = crate::rest::write_version(
+            conn,
+            base_url,
+            None,
+            "AuditEvent",
+            &id,
+            "POST",
+            Some(event),
+        )?;
+        let content = stored.content.unwrap_or_default();
+        head = chain::append(conn, &head, &id, &content)?;
+    }
+    Ok(())
+}
