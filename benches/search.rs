@@ -135,6 +135,7 @@ fn main() -> Result<(), String> {
             oidc_jwks_min_interval: 10,
             oidc_jwks_max_age: 600,
         },
+        audit: cairn::config::AuditMode::Enabled,
     };
     let (tx, rx) = mpsc::channel();
     let server_settings = settings.clone();

@@ -43,7 +43,11 @@ const INVALID_EXAMPLES: &[&str] = &["Questionnaire-qs1.json"];
 
 fn official_examples_round_trip_through_json_and_xml(app: &TestApp) {
     let mut done = 0;
-    for t in cairn::fhir::ENABLED_TYPES {
+    // Types only the server writes cannot be PUT (tests/audit.rs renders ours as JSON and XML).
+    for t in cairn::fhir::ENABLED_TYPES
+        .iter()
+        .filter(|t| !cairn::fhir::is_server_written(t))
+    {
         let dir = shared().join("fhir/examples").join(t);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))

@@ -12,7 +12,7 @@ use super::negotiate::{
     body_format, http_date, if_match, negotiate, not_modified, prefer_return, prefer_strict,
     query_params, read_body, Output, Return,
 };
-use super::AppState;
+use super::{AppState, AuditNote};
 use crate::auth::Access;
 use crate::error::{information_outcome, FhirError, FhirResult};
 use crate::fhir::{self, parse_resource, Format};
@@ -141,6 +141,9 @@ pub async fn read(
     let out = negotiate(&req)?;
     let (ty, id) = path.into_inner();
     let stored = st.engine.read(&caller.0, &ty, &id).await?;
+    note(&req, &st, || {
+        crate::audit::written_entities(&stored, &st.engine.base_url)
+    });
     send_stored(&req, out, stored)
 }
 
@@ -153,7 +156,28 @@ pub async fn vread(
     let out = negotiate(&req)?;
     let (ty, id, vid) = path.into_inner();
     let stored = st.engine.vread(&caller.0, &ty, &id, &vid).await?;
+    note(&req, &st, || {
+        crate::audit::written_entities(&stored, &st.engine.base_url)
+    });
     send_stored(&req, out, stored)
+}
+
+/// Tells the audit middleware what a handler touched.
+fn note(req: &HttpRequest, st: &AppState, entities: impl FnOnce() -> Vec<Value>) {
+    if st.auditor.is_some() {
+        req.extensions_mut().insert(AuditNote {
+            entities: entities(),
+            recorded: false,
+        });
+    }
+}
+
+/// Tells the audit middleware the interaction's AuditEvent was stored with its write.
+fn recorded(req: &HttpRequest) {
+    req.extensions_mut().insert(AuditNote {
+        entities: vec![],
+        recorded: true,
+    });
 }
 
 fn send_stored(req: &HttpRequest, out: Output, stored: Stored) -> Reply {
@@ -183,7 +207,12 @@ pub async fn create(
     let ty = path.into_inner();
     ensure_type(&ty)?;
     let resource = parse_body(&req, payload, &st).await?;
-    let written = st.engine.create(&caller.0, &ty, resource).await?;
+    let seed = st.audit_seed(&req, &caller.0);
+    let written = st
+        .engine
+        .create(&caller.0, seed.as_ref(), &ty, resource)
+        .await?;
+    recorded(&req);
     send_written(&req, out, &st, written)
 }
 
@@ -199,10 +228,12 @@ pub async fn update(
     ensure_type(&ty)?;
     let pinned = if_match(&req)?;
     let resource = parse_body(&req, payload, &st).await?;
+    let seed = st.audit_seed(&req, &caller.0);
     let written = st
         .engine
-        .update(&caller.0, &ty, &id, resource, pinned)
+        .update(&caller.0, seed.as_ref(), &ty, &id, resource, pinned)
         .await?;
+    recorded(&req);
     send_written(&req, out, &st, written)
 }
 
@@ -239,7 +270,12 @@ pub async fn delete(
     let out = negotiate(&req)?;
     let (ty, id) = path.into_inner();
     let pinned = if_match(&req)?;
-    let deleted = st.engine.delete(&caller.0, &ty, &id, pinned).await?;
+    let seed = st.audit_seed(&req, &caller.0);
+    let deleted = st
+        .engine
+        .delete(&caller.0, seed.as_ref(), &ty, &id, pinned)
+        .await?;
+    recorded(&req);
     let mut b = HttpResponse::NoContent();
     if let Some(w) = &deleted {
         version_headers(&mut b, &w.stored);
@@ -300,10 +336,31 @@ async fn search(
     params: Vec<(String, String)>,
 ) -> Reply {
     let out = negotiate(req)?;
+    let ty = match &scope {
+        SearchScope::Type(t) => Some(t.clone()),
+        SearchScope::Compartment { target_type, .. } => Some(target_type.clone()),
+        SearchScope::System => None,
+    };
     let bundle = st
         .engine
         .search(&caller.0, scope, &params, prefer_strict(req))
         .await?;
+    note(req, st, || {
+        let path = req
+            .path()
+            .trim_start_matches("/fhir")
+            .trim_start_matches('/');
+        let path = path.trim_end_matches("/_search");
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&params)
+            .finish();
+        let query = if qs.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{qs}")
+        };
+        crate::audit::search_entities(&query, &params, ty.as_deref())
+    });
     send_value(HttpResponse::Ok(), out, &bundle)
 }
 

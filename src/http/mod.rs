@@ -16,7 +16,8 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpMessage, HttpResponse, HttpServer, ResponseError};
 use tracing::Instrument;
 
-use crate::auth::Auth;
+use crate::audit::{self, AuditSeed, Auditor};
+use crate::auth::{Access, Auth};
 use crate::config::Settings;
 use crate::error::FhirError;
 use crate::rest::Engine;
@@ -25,7 +26,78 @@ use crate::store::Store;
 pub struct AppState {
     pub engine: Engine,
     pub auth: Arc<Auth>,
+    /// None when auditing is off (`--audit disabled`).
+    pub auditor: Option<Auditor>,
     pub max_body_size: usize,
+}
+
+/// What a handler tells the audit middleware about its interaction: the entities it touched, or
+/// that its AuditEvent is already stored (writes record theirs in their own transaction).
+#[derive(Debug, Clone, Default)]
+pub struct AuditNote {
+    pub entities: Vec<serde_json::Value>,
+    pub recorded: bool,
+}
+
+impl AppState {
+    /// The start of this request's AuditEvent, when auditing is on.
+    pub fn audit_seed(&self, req: &actix_web::HttpRequest, access: &Access) -> Option<AuditSeed> {
+        self.auditor.as_ref()?;
+        let (interaction, _) = audit::infer(req.method().as_str(), req.path());
+        let addr = req.peer_addr().map(|a| a.ip().to_string());
+        Some(AuditSeed::new(
+            interaction,
+            Some(access),
+            addr.as_deref(),
+            &self.engine.base_url,
+        ))
+    }
+}
+
+/// Records one AuditEvent per FHIR request, durably, before the response leaves: from the handler's
+/// note when there is one, otherwise from the method and path (failures, even before
+/// authentication). If the audit store fails, the client gets 503 instead of the answer.
+async fn record_audit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let st = req.app_data::<web::Data<AppState>>().cloned();
+    let Some((st, auditor)) = st.and_then(|s| s.auditor.clone().map(|a| (s, a))) else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
+    };
+    // The request cannot be cloned before routing; what the event needs is taken now, the rest
+    // from the response's request afterwards. (Inner layers answer errors as responses.)
+    let addr = req.peer_addr().map(|a| a.ip().to_string());
+    let res = next.call(req).await?.map_into_boxed_body();
+    let note = res.request().extensions().get::<AuditNote>().cloned();
+    if note.as_ref().is_some_and(|n| n.recorded) {
+        return Ok(res);
+    }
+    let access = res.request().extensions().get::<Access>().cloned();
+    let (interaction, target) = audit::infer(res.request().method().as_str(), res.request().path());
+    let entities = match note {
+        Some(n) => n.entities,
+        None => target.iter().map(|t| audit::resource_entity(t)).collect(),
+    };
+    let seed = AuditSeed::new(
+        interaction,
+        access.as_ref(),
+        addr.as_deref(),
+        &st.engine.base_url,
+    );
+    match auditor
+        .record(seed.event(res.status().as_u16(), entities))
+        .await
+    {
+        Ok(()) => Ok(res),
+        Err(e) => {
+            let (req, _) = res.into_parts();
+            Ok(ServiceResponse::new(req, e.error_response()))
+        }
+    }
 }
 
 /// `WWW-Authenticate` text: quotes and control characters would break the header.
@@ -141,8 +213,8 @@ const OPEN_PATHS: &[&str] = &["/fhir/metadata", "/fhir/.well-known/smart-configu
 /// goes into the request's extensions for the handlers.
 async fn authenticate(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let path = req.path();
     if !OPEN_PATHS.contains(&path.trim_end_matches('/')) {
         let st = req
@@ -154,11 +226,11 @@ async fn authenticate(
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let access = st
-            .auth
-            .authenticate(header.as_deref())
-            .await
-            .map_err(FhirError::from)?;
+        let access = match st.auth.authenticate(header.as_deref()).await {
+            Ok(a) => a,
+            // Answered here, as a response, so the audit layer around still sees the request.
+            Err(e) => return Ok(req.into_response(FhirError::from(e).error_response())),
+        };
         // Who is calling, on the request's span (and so on every log line of it).
         let span = tracing::Span::current();
         span.record("client", access.who());
@@ -170,7 +242,9 @@ async fn authenticate(
         }
         req.extensions_mut().insert(access);
     }
-    next.call(req).await
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_boxed_body)
 }
 
 /// The interaction engine for `settings` (opens, and migrates, the database).
@@ -201,6 +275,19 @@ impl Application {
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let engine = engine(settings, port)?;
         let auth = Auth::from_settings(settings, port)?;
+        let auditor = match settings.audit {
+            crate::config::AuditMode::Enabled => Some(Auditor::start(
+                engine.store.clone(),
+                engine.base_url.clone(),
+            )),
+            crate::config::AuditMode::Disabled => {
+                tracing::warn!(
+                    "AUDITING IS DISABLED (--audit disabled): no access is recorded. Use this to \
+                     measure the audit's cost, never with real data."
+                );
+                None
+            }
+        };
         if auth.enabled {
             auth.prefetch();
         } else {
@@ -215,6 +302,7 @@ impl Application {
         let state = web::Data::new(AppState {
             engine,
             auth: Arc::new(auth),
+            auditor,
             max_body_size: settings.max_body_size as usize,
         });
         let server = HttpServer::new(move || {
@@ -260,6 +348,7 @@ impl Application {
                 .service(
                     web::scope("/fhir")
                         .wrap(from_fn(authenticate))
+                        .wrap(from_fn(record_audit))
                         .configure(fhir_routes),
                 )
                 .default_service(web::to(handlers::not_found))

@@ -84,6 +84,7 @@ pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
         default_count: 50,
         max_count: 1000,
         auth: auth_args(),
+        audit: cairn::config::AuditMode::Enabled,
     }
 }
 
