@@ -1158,6 +1158,25 @@ fn backend_services_token_endpoint(app: &TestApp) {
         Some(b"grant_type=password"),
     );
     assert_eq!(r.json()["error"], "unsupported_grant_type");
+    // Every token request is audited as a login, failures included.
+    let logins = app.all_entries(
+        "AuditEvent?type=http://dicom.nema.org/resources/ontology/DCM|110114&_count=100",
+    );
+    let outcomes: Vec<&str> = logins
+        .iter()
+        .map(|e| e["resource"]["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.iter().filter(|o| **o == "0").count() >= 2,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().filter(|o| **o != "0").count() >= 10,
+        "{outcomes:?}"
+    );
+    assert!(logins
+        .iter()
+        .any(|e| e["resource"]["agent"][0]["who"]["identifier"]["value"] == "lab-sync"));
 }
 
 on_both_backends!(

@@ -123,6 +123,8 @@ pub struct AuditSeed {
     source: Value,
     /// The patient in the token's context, if any (an entity of every event of the request).
     patient: Option<String>,
+    /// A token request (DICOM User Authentication / Login) rather than a RESTful interaction.
+    login: bool,
 }
 
 impl AuditSeed {
@@ -173,6 +175,19 @@ impl AuditSeed {
                     "code": "4", "display": "Application Server"}],
             }),
             patient,
+            login: false,
+        }
+    }
+
+    /// The start of the AuditEvent of a token request by `client` (as it claimed to be).
+    pub fn login(client: &str, address: Option<&str>, base_url: &str) -> AuditSeed {
+        let access = Access {
+            client_id: Some(client.to_string()),
+            ..Default::default()
+        };
+        AuditSeed {
+            login: true,
+            ..AuditSeed::new(Interaction::Operation, Some(&access), address, base_url)
         }
     }
 
@@ -204,6 +219,11 @@ impl AuditSeed {
         });
         if let Some(s) = desc {
             ev["outcomeDesc"] = json!(format!("HTTP {s}"));
+        }
+        if self.login {
+            ev["type"] = json!({"system": DCM, "code": "110114", "display": "User Authentication"});
+            ev["subtype"] = json!([{"system": DCM, "code": "110122", "display": "Login"}]);
+            ev["action"] = json!("E");
         }
         ev["agent"] = json!(self.agents);
         ev["source"] = self.source.clone();

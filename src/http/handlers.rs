@@ -123,13 +123,32 @@ pub async fn token(
         }
     };
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    match st.auth.server.token(&st.engine.store, &form).await {
-        Ok(answer) => oauth(200, answer),
+    let (status, answer) = match st.auth.server.token(&st.engine.store, &form).await {
+        Ok(answer) => (200, answer),
         Err(e) => {
             tracing::info!(error = e.error, description = %e.description, "token request refused");
-            oauth(e.status, e.body())
+            (e.status, e.body())
+        }
+    };
+    // Every token request, granted or refused, is audited (DICOM User Authentication / Login),
+    // naming the client the assertion claims; the answer waits for the record.
+    if let Some(auditor) = &st.auditor {
+        let client = form
+            .iter()
+            .find(|(k, _)| k == "client_assertion")
+            .and_then(|(_, a)| crate::auth::token::peek_claims(a).ok())
+            .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        let addr = req.peer_addr().map(|a| a.ip().to_string());
+        let seed = crate::audit::AuditSeed::login(&client, addr.as_deref(), &st.engine.base_url);
+        if let Err(e) = auditor.record(seed.event(status, vec![])).await {
+            return oauth(
+                503,
+                serde_json::json!({"error": "temporarily_unavailable", "error_description": e.to_string()}),
+            );
         }
     }
+    oauth(status, answer)
 }
 
 pub async fn read(
