@@ -1237,3 +1237,23 @@ fn fhir_user_and_patient_claims_reach_the_caller() {
     assert_eq!(access.client_id.as_deref(), Some("ehr"));
     assert_eq!(app.as_token(&t, "GET", "Patient", None).status, 200);
 }
+
+/// A verified token is remembered, but never past its `exp`.
+#[test]
+fn a_remembered_token_still_expires() {
+    let app = common::spawn_app_with(common::Backend::Sqlite, |s| s.auth.leeway = 0).unwrap();
+    let t = app.mint(&Mint {
+        subject: "t".into(),
+        client_id: "t".into(),
+        scope: "system/*.rs".into(),
+        lifetime: 2,
+        ..Default::default()
+    });
+    assert_eq!(app.as_token(&t, "GET", "Patient", None).status, 200);
+    assert_eq!(app.as_token(&t, "GET", "Patient", None).status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    unauthorized(
+        &app.as_token(&t, "GET", "Patient", None),
+        "expired while remembered",
+    );
+}

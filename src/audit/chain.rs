@@ -33,26 +33,30 @@ pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Link>> {
     table::lock_head(conn)
 }
 
-/// Links the stored AuditEvent `event_id` after `head`; the new head.
-pub fn append(
+/// Links the stored AuditEvents `(id, content)`, in order, after `head`.
+pub fn append_all<'a>(
     conn: &mut DbConn,
-    head: &Option<Link>,
-    event_id: &str,
-    content: &str,
-) -> FhirResult<Option<Link>> {
-    let (seq, prev) = match head {
-        Some(h) => (h.seq + 1, h.chain_hash.as_str()),
-        None => (1, GENESIS),
+    head: Option<Link>,
+    events: impl Iterator<Item = (&'a str, &'a str)>,
+) -> FhirResult<()> {
+    let (mut seq, mut prev) = match head {
+        Some(h) => (h.seq, h.chain_hash),
+        None => (0, GENESIS.to_string()),
     };
-    let eh = event_hash(content);
-    let link = Link {
-        seq,
-        event_id: event_id.to_string(),
-        chain_hash: chain_hash(prev, seq, event_id, &eh),
-        event_hash: eh,
-    };
-    table::insert(conn, &link)?;
-    Ok(Some(link))
+    let mut links = Vec::new();
+    for (event_id, content) in events {
+        seq += 1;
+        let eh = event_hash(content);
+        let ch = chain_hash(&prev, seq, event_id, &eh);
+        prev = ch.clone();
+        links.push(Link {
+            seq,
+            event_id: event_id.to_string(),
+            event_hash: eh,
+            chain_hash: ch,
+        });
+    }
+    table::insert_many(conn, &links)
 }
 
 /// What `audit verify` found.

@@ -134,20 +134,18 @@ pub fn record_in(conn: &mut DbConn, base_url: &str, events: Vec<Value>) -> FhirR
     if events.is_empty() {
         return Ok(());
     }
-    let mut head = chain::lock_head(conn)?;
-    for event in events {
-        let id = uuid::Uuid::new_v4().to_string();
-        let stored = crate::rest::write_version(
-            conn,
-            base_url,
-            None,
-            "AuditEvent",
-            &id,
-            "POST",
-            Some(event),
-        )?;
-        let content = stored.content.unwrap_or_default();
-        head = chain::append(conn, &head, &id, &content)?;
-    }
-    Ok(())
+    let items = events
+        .into_iter()
+        .map(|e| (uuid::Uuid::new_v4().to_string(), e))
+        .collect();
+    let stored = crate::rest::write_new_versions(conn, base_url, "AuditEvent", items)?;
+    // The chain is locked last, so it is held only for the inserts of the links.
+    let head = chain::lock_head(conn)?;
+    chain::append_all(
+        conn,
+        head,
+        stored
+            .iter()
+            .map(|s| (s.id.as_str(), s.content.as_deref().unwrap_or_default())),
+    )
 }

@@ -354,6 +354,7 @@ impl Auth {
                 own_issuer: issuer.clone(),
                 own_key: key.clone(),
                 external,
+                cache: token::TokenCache::default(),
             },
             server: server::AuthServer {
                 issuer,

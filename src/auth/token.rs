@@ -226,6 +226,67 @@ pub struct Validator {
     pub own_issuer: String,
     pub own_key: SigningKey,
     pub external: Option<External>,
+    pub cache: TokenCache,
+}
+
+/// Tokens already verified, by the SHA-256 of their exact text: a client sends the same token on
+/// every request, and signature checks (P-384 above all) cost far more than the request. An entry
+/// is used only until the token's `exp`, and an external provider's only while its key is still
+/// published.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<std::collections::HashMap<[u8; 32], Verified>>,
+}
+
+#[derive(Clone)]
+struct Verified {
+    access: Access,
+    exp: i64,
+    /// For an external provider's token: the key that verified it.
+    external_key: Option<(Option<String>, Algorithm)>,
+}
+
+const CACHE_MAX: usize = 10_000;
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl TokenCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], Verified>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &[u8; 32], leeway: u64) -> Option<Verified> {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some(v) if v.exp + leeway as i64 >= now_secs() => Some(v.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: [u8; 32], v: Verified) {
+        let mut map = self.lock();
+        if map.len() >= CACHE_MAX {
+            let now = now_secs();
+            map.retain(|_, e| e.exp >= now);
+            if map.len() >= CACHE_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, v);
+    }
+
+    fn forget(&self, key: &[u8; 32]) {
+        self.lock().remove(key);
+    }
 }
 
 fn invalid(why: impl Into<String>) -> AuthError {
@@ -296,6 +357,43 @@ pub fn validation(alg: Algorithm, issuer: &str, audience: &str, leeway: u64) -> 
 impl Validator {
     /// Validates a Bearer token; on success, who is calling and with which scopes.
     pub async fn validate(&self, token: &str) -> Result<Access, AuthError> {
+        use sha2::{Digest, Sha256};
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(v) = self.cache.get(&key, self.leeway) {
+            let still_published = match (&v.external_key, &self.external) {
+                (None, _) => true,
+                (
+                    Some((kid, alg)),
+                    Some(External {
+                        keys: KeySource::Remote(r),
+                        ..
+                    }),
+                ) => !r.keys_for(kid.as_deref(), *alg).await?.is_empty(),
+                (Some(_), _) => true,
+            };
+            if still_published {
+                return Ok(v.access);
+            }
+            self.cache.forget(&key);
+        }
+        let (access, exp, external_key) = self.verify(token).await?;
+        self.cache.put(
+            key,
+            Verified {
+                access: access.clone(),
+                exp,
+                external_key,
+            },
+        );
+        Ok(access)
+    }
+
+    /// The full check: signature, issuer, audience, times.
+    #[allow(clippy::type_complexity)]
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(Access, i64, Option<(Option<String>, Algorithm)>), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("it is not a signed JWT with an accepted algorithm"))?;
         if !ACCEPTED.contains(&header.alg) {
@@ -310,7 +408,8 @@ impl Validator {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let kid = header.kid.as_deref();
-        let keys: Vec<PublicKey> = if iss == self.own_issuer {
+        let own = iss == self.own_issuer;
+        let keys: Vec<PublicKey> = if own {
             let own = PublicKey {
                 kid: Some(self.own_key.kid.clone()),
                 algs: vec![super::keys::ALGORITHM],
@@ -334,7 +433,12 @@ impl Validator {
         };
         let v = validation(header.alg, iss, &self.audience, self.leeway);
         let claims = verify_with(token, &keys, header.alg, &v)?;
-        Ok(access_from(&claims))
+        let exp = claims
+            .get("exp")
+            .and_then(|e| e.as_i64().or_else(|| e.as_f64().map(|f| f as i64)))
+            .ok_or_else(|| invalid("its exp is not a NumericDate"))?;
+        let external_key = (!own).then(|| (header.kid.clone(), header.alg));
+        Ok((access_from(&claims), exp, external_key))
     }
 }
 

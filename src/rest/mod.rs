@@ -258,6 +258,44 @@ pub(crate) fn write_version(
     })
 }
 
+/// `write_version` for many brand-new resources of one type at once (a batch of AuditEvents):
+/// the same stamping and indexing, in a few multi-row statements.
+pub(crate) fn write_new_versions(
+    conn: &mut store::DbConn,
+    base_url: &str,
+    ty: &str,
+    resources: Vec<(String, Value)>,
+) -> FhirResult<Vec<Stored>> {
+    let now = now_micros();
+    let mut news = Vec::with_capacity(resources.len());
+    let mut entries = Vec::with_capacity(resources.len());
+    for (id, r) in resources {
+        entries.push(crate::search::extract(&r, base_url));
+        news.push(NewVersion {
+            res_type: ty.to_string(),
+            res_id: id.clone(),
+            version: 1,
+            last_updated: now,
+            method: "POST".into(),
+            deleted: 0,
+            content: stamp(r, &id, 1, now)?,
+        });
+    }
+    let rids = store::append_new_many(conn, &news)?;
+    let rows: Vec<(i64, Vec<crate::search::IndexEntry>)> = rids.into_iter().zip(entries).collect();
+    store::search::insert_index_many(conn, &rows)?;
+    Ok(news
+        .into_iter()
+        .map(|n| Stored {
+            resource_type: n.res_type,
+            id: n.res_id,
+            version: 1,
+            last_updated: now,
+            content: Some(n.content),
+        })
+        .collect())
+}
+
 impl Engine {
     /// create: a new resource with a server-assigned id.
     pub async fn create(

@@ -35,10 +35,27 @@ pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Link>> {
         .optional()?)
 }
 
-pub fn insert(conn: &mut DbConn, link: &Link) -> FhirResult<()> {
-    diesel::insert_into(audit_chain::table)
-        .values(link)
-        .execute(conn)?;
+/// Inserts links in multi-row statements.
+pub fn insert_many(conn: &mut DbConn, links: &[Link]) -> FhirResult<()> {
+    for chunk in links.chunks(500) {
+        let mut q =
+            Sql::new("INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash) VALUES ");
+        for (i, l) in chunk.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.push("(")
+                .int(l.seq)
+                .push(", ")
+                .text(&l.event_id)
+                .push(", ");
+            q.text(&l.event_hash)
+                .push(", ")
+                .text(&l.chain_hash)
+                .push(")");
+        }
+        q.execute(conn)?;
+    }
     Ok(())
 }
 

@@ -46,23 +46,39 @@ pub fn replace_index(
             q.execute(conn)?;
         }
     }
-    // One multi-row INSERT per table (in chunks, under both backends' bind-parameter limits).
-    let mut by_table: Vec<(&'static str, &'static str, Vec<&IndexEntry>)> = Vec::new();
-    for e in entries {
+    insert_rows(conn, entries.iter().map(|e| (rid, e)))
+}
+
+/// The index rows of several new resources at once (a batch of AuditEvents).
+pub fn insert_index_many(conn: &mut DbConn, rows: &[(i64, Vec<IndexEntry>)]) -> FhirResult<()> {
+    insert_rows(
+        conn,
+        rows.iter()
+            .flat_map(|(rid, entries)| entries.iter().map(move |e| (*rid, e))),
+    )
+}
+
+/// One multi-row INSERT per table (in chunks, under both backends' bind-parameter limits).
+fn insert_rows<'a>(
+    conn: &mut DbConn,
+    rows: impl Iterator<Item = (i64, &'a IndexEntry)>,
+) -> FhirResult<()> {
+    let mut by_table: Vec<(&'static str, &'static str, Vec<(i64, &IndexEntry)>)> = Vec::new();
+    for (rid, e) in rows {
         let (table, cols) = columns(&e.value);
         match by_table.iter_mut().find(|(t, _, _)| *t == table) {
-            Some((_, _, rows)) => rows.push(e),
-            None => by_table.push((table, cols, vec![e])),
+            Some((_, _, rows)) => rows.push((rid, e)),
+            None => by_table.push((table, cols, vec![(rid, e)])),
         }
     }
     for (table, cols, rows) in by_table {
         for chunk in rows.chunks(500) {
             let mut q = Sql::new(&format!("INSERT INTO {table} (rid, param, {cols}) VALUES "));
-            for (i, e) in chunk.iter().enumerate() {
+            for (i, (rid, e)) in chunk.iter().enumerate() {
                 if i > 0 {
                     q.push(", ");
                 }
-                values(&mut q, rid, e);
+                values(&mut q, *rid, e);
             }
             q.execute(conn)?;
         }
