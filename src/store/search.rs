@@ -63,7 +63,9 @@ fn insert_rows<'a>(
     conn: &mut DbConn,
     rows: impl Iterator<Item = (i64, &'a IndexEntry)>,
 ) -> FhirResult<()> {
-    let mut by_table: Vec<(&'static str, &'static str, Vec<(i64, &IndexEntry)>)> = Vec::new();
+    // (table, its value columns, rows)
+    type Rows<'e> = Vec<(i64, &'e IndexEntry)>;
+    let mut by_table: Vec<(&'static str, &'static str, Rows)> = Vec::new();
     for (rid, e) in rows {
         let (table, cols) = columns(&e.value);
         match by_table.iter_mut().find(|(t, _, _)| *t == table) {
