@@ -15,6 +15,7 @@ use std::thread;
 use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult};
+use crate::rest::Prepared;
 use crate::store::{DbConn, Store};
 
 pub use chain::{export, verify, Verdict};
@@ -74,16 +75,19 @@ pub fn written_entities(s: &crate::rest::Stored, base_url: &str) -> Vec<Value> {
 const MAX_BATCH: usize = 512;
 
 type Reply = tokio::sync::oneshot::Sender<FhirResult<()>>;
+type Queued = (Prepared, Reply);
 
 /// The group committer: a thread that writes queued AuditEvents a batch per transaction.
 #[derive(Clone)]
 pub struct Auditor {
-    queue: mpsc::Sender<(Value, Reply)>,
+    queue: mpsc::Sender<Queued>,
+    base_url: String,
 }
 
 impl Auditor {
     pub fn start(store: Store, base_url: String) -> Auditor {
-        let (queue, rx) = mpsc::channel::<(Value, Reply)>();
+        let (queue, rx) = mpsc::channel::<Queued>();
+        let base = base_url.clone();
         thread::Builder::new()
             .name("cairn-audit".into())
             .spawn(move || {
@@ -96,9 +100,14 @@ impl Auditor {
                             Err(_) => break,
                         }
                     }
-                    let (events, replies): (Vec<Value>, Vec<Reply>) = batch.into_iter().unzip();
-                    let base = base_url.clone();
-                    let result = store.write_now(move |conn| record_in(conn, &base, events));
+                    let (events, replies): (Vec<Prepared>, Vec<Reply>) = batch.into_iter().unzip();
+                    let (n, started) = (events.len(), std::time::Instant::now());
+                    let result = store.write_now(move |conn| store_prepared(conn, events));
+                    tracing::debug!(
+                        events = n,
+                        us = started.elapsed().as_micros() as u64,
+                        "audit batch"
+                    );
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "the audit batch could not be stored");
                     }
@@ -114,14 +123,25 @@ impl Auditor {
                 }
             })
             .expect("start the audit thread");
-        Auditor { queue }
+        Auditor {
+            queue,
+            base_url: base,
+        }
     }
 
     /// Stores one AuditEvent durably (with others queued at the same time); returns once it is.
     pub async fn record(&self, event: Value) -> FhirResult<()> {
+        // Stamping and indexing happen here, on the request's own thread, in parallel; the
+        // committer only inserts.
+        let prepared = Prepared::new(
+            &self.base_url,
+            "AuditEvent",
+            &uuid::Uuid::new_v4().to_string(),
+            event,
+        )?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue
-            .send((event, tx))
+            .send((prepared, tx))
             .map_err(|_| FhirError::Unavailable("the audit log is shut down".into()))?;
         rx.await
             .map_err(|_| FhirError::Unavailable("the audit log stopped".into()))?
@@ -134,11 +154,16 @@ pub fn record_in(conn: &mut DbConn, base_url: &str, events: Vec<Value>) -> FhirR
     if events.is_empty() {
         return Ok(());
     }
-    let items = events
+    let prepared = events
         .into_iter()
-        .map(|e| (uuid::Uuid::new_v4().to_string(), e))
-        .collect();
-    let stored = crate::rest::write_new_versions(conn, base_url, "AuditEvent", items)?;
+        .map(|e| Prepared::new(base_url, "AuditEvent", &uuid::Uuid::new_v4().to_string(), e))
+        .collect::<FhirResult<Vec<_>>>()?;
+    store_prepared(conn, prepared)
+}
+
+/// Stores prepared AuditEvents and links them into the chain, in the caller's transaction.
+fn store_prepared(conn: &mut DbConn, prepared: Vec<Prepared>) -> FhirResult<()> {
+    let stored = crate::rest::write_new_versions(conn, prepared)?;
     // The chain is locked last, so it is held only for the inserts of the links.
     let head = chain::lock_head(conn)?;
     chain::append_all(

@@ -258,29 +258,41 @@ pub(crate) fn write_version(
     })
 }
 
-/// `write_version` for many brand-new resources of one type at once (a batch of AuditEvents):
-/// the same stamping and indexing, in a few multi-row statements.
+/// A brand-new resource ready to store: stamped content and index entries, computed outside the
+/// transaction (a batch of AuditEvents is prepared by the requests, stored by one writer).
+pub struct Prepared {
+    new: NewVersion,
+    entries: Vec<crate::search::IndexEntry>,
+}
+
+impl Prepared {
+    /// Version 1 of `ty/id`.
+    pub fn new(base_url: &str, ty: &str, id: &str, resource: Value) -> FhirResult<Prepared> {
+        let now = now_micros();
+        let entries = crate::search::extract(&resource, base_url);
+        Ok(Prepared {
+            new: NewVersion {
+                res_type: ty.to_string(),
+                res_id: id.to_string(),
+                version: 1,
+                last_updated: now,
+                method: "POST".into(),
+                deleted: 0,
+                content: stamp(resource, id, 1, now)?,
+            },
+            entries,
+        })
+    }
+}
+
+/// `write_version` for many prepared new resources of one type at once: the same rows, in a few
+/// multi-row statements.
 pub(crate) fn write_new_versions(
     conn: &mut store::DbConn,
-    base_url: &str,
-    ty: &str,
-    resources: Vec<(String, Value)>,
+    prepared: Vec<Prepared>,
 ) -> FhirResult<Vec<Stored>> {
-    let now = now_micros();
-    let mut news = Vec::with_capacity(resources.len());
-    let mut entries = Vec::with_capacity(resources.len());
-    for (id, r) in resources {
-        entries.push(crate::search::extract(&r, base_url));
-        news.push(NewVersion {
-            res_type: ty.to_string(),
-            res_id: id.clone(),
-            version: 1,
-            last_updated: now,
-            method: "POST".into(),
-            deleted: 0,
-            content: stamp(r, &id, 1, now)?,
-        });
-    }
+    let (news, entries): (Vec<NewVersion>, Vec<_>) =
+        prepared.into_iter().map(|p| (p.new, p.entries)).unzip();
     let rids = store::append_new_many(conn, &news)?;
     let rows: Vec<(i64, Vec<crate::search::IndexEntry>)> = rids.into_iter().zip(entries).collect();
     store::search::insert_index_many(conn, &rows)?;
@@ -290,7 +302,7 @@ pub(crate) fn write_new_versions(
             resource_type: n.res_type,
             id: n.res_id,
             version: 1,
-            last_updated: now,
+            last_updated: n.last_updated,
             content: Some(n.content),
         })
         .collect())

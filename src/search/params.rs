@@ -118,6 +118,11 @@ pub fn registry() -> &'static Registry {
             .expect("r4-search-parameters.json is valid (generated)");
         let mut by_type: HashMap<String, BTreeMap<String, Arc<SearchParam>>> = HashMap::new();
         let mut by_url = HashMap::new();
+        let kept = |t: &str, code: &str| {
+            ONLY.iter()
+                .find(|(ty, _)| *ty == t)
+                .is_none_or(|(_, codes)| codes.contains(&code))
+        };
         for r in raw {
             let parse =
                 |e: &str| fhirpath::parse(e).unwrap_or_else(|err| panic!("{}: {err}", r.code));
@@ -142,7 +147,7 @@ pub fn registry() -> &'static Registry {
                     "Resource" | "DomainResource" => ENABLED_TYPES.to_vec(),
                     t => vec![t],
                 };
-                for t in types {
+                for t in types.into_iter().filter(|t| kept(t, &param.code)) {
                     let entry = by_type.entry(t.to_string()).or_default();
                     // A type's own definition wins over a common one with the same code, and a
                     // standard one over an experimental example (e.g. Condition `subject`).
@@ -156,6 +161,31 @@ pub fn registry() -> &'static Registry {
         Registry { by_type, by_url }
     })
 }
+
+/// Types whose index holds only the parameters their users search by: the audit trail gets an
+/// AuditEvent on every request, and each indexed parameter costs on each of them.
+const ONLY: &[(&str, &[&str])] = &[(
+    "AuditEvent",
+    &[
+        "_id",
+        "_lastUpdated",
+        "_tag",
+        "_profile",
+        "_security",
+        "_source",
+        "date",
+        "patient",
+        "entity",
+        "agent",
+        "action",
+        "outcome",
+        "type",
+        "subtype",
+        "source",
+        "site",
+        "address",
+    ],
+)];
 
 #[cfg(test)]
 mod tests {
