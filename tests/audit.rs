@@ -270,6 +270,12 @@ fn audit_events_are_read_only_and_need_an_audit_scope(app: &TestApp) {
         .sql("DELETE FROM audit_chain")
         .unwrap_err()
         .contains("append-only"));
+    if app.backend == common::Backend::Postgres {
+        for t in ["resource_history", "resources", "audit_chain"] {
+            let err = app.sql(&format!("TRUNCATE {t} CASCADE")).unwrap_err();
+            assert!(err.contains("append-only"), "{t}: {err}");
+        }
+    }
 }
 
 fn audit_search_parameters(app: &TestApp) {
@@ -493,6 +499,43 @@ fn an_inserted_record_is_detected(app: &TestApp) {
         !ok && text.contains("forged") && text.contains("not in the chain"),
         "{text}"
     );
+    // A link slipped in below the first one is found too.
+    app.sql(
+        "INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash) VALUES (0, 'forged', 'x', 'y')",
+    )
+    .unwrap();
+    let (ok, text) = app.verify();
+    assert!(!ok && text.contains("record 1"), "{text}");
+}
+
+/// What a caller puts in a path or an assertion cannot make the audit record unstorable (and so
+/// fail every request batched with it): malformed ids are not references.
+fn hostile_input_is_audited_without_failing(app: &TestApp) {
+    let long = format!("Patient/{}", "x".repeat(3000));
+    app.send("GET", &long, &[("Authorization", "")], None)
+        .outcome(401);
+    app.get(&long).outcome(404);
+    let p = app.create(&json!({"resourceType": "Patient"}));
+    let read = app.get(&format!("Patient/{}", p["id"].as_str().unwrap()));
+    assert_eq!(read.status, 200);
+    let r = app.get(&format!("Observation?patient={}", "y".repeat(3000)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let claims = format!("{{\"iss\":\"a\\u0000{}\"}}", "z".repeat(5000));
+    let form = format!(
+        "grant_type=client_credentials&client_assertion_type=x&client_assertion=e30.{}.x",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims)
+    );
+    let token_url = format!("{}/auth/token", app.root);
+    let form_type = [("Content-Type", "application/x-www-form-urlencoded")];
+    let r = app.send("POST", &token_url, &form_type, Some(form.as_bytes()));
+    assert_eq!(r.status, 401, "{}", r.text());
+    let plain = [("Content-Type", "text/plain")];
+    assert_eq!(app.send("POST", &token_url, &plain, Some(b"x")).status, 400);
+    let (ok, text) = app.verify();
+    assert!(ok, "{text}");
+    // Each of those requests was audited, as a failure where it failed.
+    let failures = app.all_entries("AuditEvent?outcome=4&_count=100");
+    assert!(failures.len() >= 4, "{failures:?}");
 }
 
 on_both_backends!(
@@ -505,6 +548,7 @@ on_both_backends!(
     a_deleted_record_is_detected,
     swapped_records_are_detected,
     an_inserted_record_is_detected,
+    hostile_input_is_audited_without_failing,
 );
 
 // ---------------------------------------------------------------- real processes

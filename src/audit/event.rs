@@ -80,12 +80,12 @@ pub fn infer(method: &str, path: &str) -> (Interaction, Option<String>) {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let ty = |s: &str| s.starts_with(|c: char| c.is_ascii_uppercase());
+    let ty = |s: &str| crate::fhir::is_enabled(s);
     use Interaction as I;
     if segs.iter().any(|s| s.starts_with('$')) {
         return (I::Operation, None);
     }
-    match (method, segs.as_slice()) {
+    let result = match (method, segs.as_slice()) {
         ("GET", []) => (I::SearchSystem, None),
         ("POST", []) => (I::Transaction, None),
         ("GET", ["metadata"]) => (I::Capabilities, None),
@@ -111,6 +111,17 @@ pub fn infer(method: &str, path: &str) -> (Interaction, Option<String>) {
         },
         (_, [t, ..]) if ty(t) => (I::Read, None),
         _ => (I::Operation, None),
+    };
+    // Whatever the path says becomes a reference only if it is well formed.
+    match result {
+        (i, Some(r))
+            if r.split('/')
+                .skip(1)
+                .all(|s| s == "_history" || crate::fhir::valid_id(s)) =>
+        {
+            (i, Some(r))
+        }
+        (i, _) => (i, None),
     }
 }
 

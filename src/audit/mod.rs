@@ -26,7 +26,7 @@ pub use event::{infer, patient_entity, query_entity, resource_entity, AuditSeed,
 pub fn search_entities(query: &str, params: &[(String, String)], ty: Option<&str>) -> Vec<Value> {
     let mut patients: Vec<String> = Vec::new();
     let mut add = |p: &str| {
-        if !p.is_empty() && !patients.iter().any(|x| x == p) {
+        if crate::fhir::valid_id(p) && !patients.iter().any(|x| x == p) {
             patients.push(p.to_string());
         }
     };
@@ -34,7 +34,11 @@ pub fn search_entities(query: &str, params: &[(String, String)], ty: Option<&str
         add(rest.split('/').next().unwrap_or_default());
     }
     for (k, v) in params {
-        let name = k.split(':').next().unwrap_or(k);
+        // `patient:identifier=…` names an identifier, not a patient id.
+        if k.contains(':') {
+            continue;
+        }
+        let name = k.as_str();
         for value in v.split(',') {
             let id = match (name, ty) {
                 ("patient", _) => value.rsplit("Patient/").next(),
@@ -102,22 +106,20 @@ impl Auditor {
                     }
                     let (events, replies): (Vec<Prepared>, Vec<Reply>) = batch.into_iter().unzip();
                     let (n, started) = (events.len(), std::time::Instant::now());
-                    let result = store.write_now(move |conn| store_prepared(conn, events));
+                    let stored = commit(&store, events);
                     tracing::debug!(
                         events = n,
                         us = started.elapsed().as_micros() as u64,
                         "audit batch"
                     );
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, "the audit batch could not be stored");
-                    }
-                    for reply in replies {
-                        let _ = reply.send(match &result {
-                            Ok(()) => Ok(()),
-                            Err(_) => Err(FhirError::Unavailable(
+                    for (reply, ok) in replies.into_iter().zip(stored) {
+                        let _ = reply.send(if ok {
+                            Ok(())
+                        } else {
+                            Err(FhirError::Unavailable(
                                 "the audit log is unavailable, so the request was not answered"
                                     .into(),
-                            )),
+                            ))
                         });
                     }
                 }
@@ -145,6 +147,37 @@ impl Auditor {
             .map_err(|_| FhirError::Unavailable("the audit log is shut down".into()))?;
         rx.await
             .map_err(|_| FhirError::Unavailable("the audit log stopped".into()))?
+    }
+}
+
+/// Stores a batch in one transaction; if that fails, each event alone, so that one bad event
+/// fails only its own request. A panic is an error, never the end of the committer.
+fn commit(store: &Store, events: Vec<Prepared>) -> Vec<bool> {
+    let attempt = |events: Vec<Prepared>| -> FhirResult<()> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write_now(move |conn| store_prepared(conn, events))
+        }))
+        .unwrap_or_else(|_| Err(FhirError::Internal("the audit committer panicked".into())))
+    };
+    let n = events.len();
+    match attempt(events.clone()) {
+        Ok(()) => vec![true; n],
+        Err(e) => {
+            tracing::error!(error = %e, events = n, "an audit batch could not be stored");
+            if n == 1 {
+                return vec![false];
+            }
+            events
+                .into_iter()
+                .map(|ev| {
+                    let r = attempt(vec![ev]);
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "an AuditEvent could not be stored");
+                    }
+                    r.is_ok()
+                })
+                .collect()
+        }
     }
 }
 

@@ -101,35 +101,7 @@ pub async fn token(
             .insert_header((header::PRAGMA, "no-cache"))
             .body(body.to_string())
     };
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !ct.starts_with("application/x-www-form-urlencoded") {
-        return oauth(
-            400,
-            serde_json::json!({"error": "invalid_request",
-                "error_description": "the token request must be application/x-www-form-urlencoded"}),
-        );
-    }
-    let body = match read_body(&req, payload, 64 * 1024).await {
-        Ok(b) => b,
-        Err(e) => {
-            return oauth(
-                400,
-                serde_json::json!({"error": "invalid_request", "error_description": e.to_string()}),
-            )
-        }
-    };
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let (status, answer) = match st.auth.server.token(&st.engine.store, &form).await {
-        Ok(answer) => (200, answer),
-        Err(e) => {
-            tracing::info!(error = e.error, description = %e.description, "token request refused");
-            (e.status, e.body())
-        }
-    };
+    let (status, answer, form) = token_answer(&req, payload, &st).await;
     // Every token request, granted or refused, is audited (DICOM User Authentication / Login),
     // naming the client the assertion claims; the answer waits for the record.
     if let Some(auditor) = &st.auditor {
@@ -138,6 +110,8 @@ pub async fn token(
             .find(|(k, _)| k == "client_assertion")
             .and_then(|(_, a)| crate::auth::token::peek_claims(a).ok())
             .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_string))
+            // What a client claims is untrusted: printable and short, or not at all.
+            .filter(|c| !c.is_empty() && c.len() <= 256 && !c.chars().any(char::is_control))
             .unwrap_or_else(|| "unknown".into());
         let addr = req.peer_addr().map(|a| a.ip().to_string());
         let seed = crate::audit::AuditSeed::login(&client, addr.as_deref(), &st.engine.base_url);
@@ -149,6 +123,37 @@ pub async fn token(
         }
     }
     oauth(status, answer)
+}
+
+/// The token endpoint's answer (status, OAuth JSON) and the form it read.
+async fn token_answer(
+    req: &HttpRequest,
+    payload: web::Payload,
+    st: &AppState,
+) -> (u16, Value, Vec<(String, String)>) {
+    let refuse =
+        |why: String| serde_json::json!({"error": "invalid_request", "error_description": why});
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        let why = "the token request must be application/x-www-form-urlencoded";
+        return (400, refuse(why.into()), vec![]);
+    }
+    let body = match read_body(req, payload, 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return (400, refuse(e.to_string()), vec![]),
+    };
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    match st.auth.server.token(&st.engine.store, &form).await {
+        Ok(answer) => (200, answer, form),
+        Err(e) => {
+            tracing::info!(error = e.error, description = %e.description, "token request refused");
+            (e.status, e.body(), form)
+        }
+    }
 }
 
 pub async fn read(
@@ -370,8 +375,9 @@ async fn search(
             .trim_start_matches("/fhir")
             .trim_start_matches('/');
         let path = path.trim_end_matches("/_search");
+        // Never a credential in the trail, even one sent where it does not belong.
         let qs = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&params)
+            .extend_pairs(params.iter().filter(|(k, _)| k != "access_token"))
             .finish();
         let query = if qs.is_empty() {
             path.to_string()

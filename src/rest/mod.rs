@@ -260,6 +260,7 @@ pub(crate) fn write_version(
 
 /// A brand-new resource ready to store: stamped content and index entries, computed outside the
 /// transaction (a batch of AuditEvents is prepared by the requests, stored by one writer).
+#[derive(Clone)]
 pub struct Prepared {
     new: NewVersion,
     entries: Vec<crate::search::IndexEntry>,

@@ -116,7 +116,7 @@ impl DatabaseUrl {
 }
 
 // case_sensitive_like lets `LIKE 'prefix%'` use the string index (its values are already folded).
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; \
      PRAGMA case_sensitive_like = ON;";
 
@@ -193,8 +193,13 @@ impl Store {
         let mut pooled = self.conn()?;
         let conn: &mut DbConn = &mut pooled;
         conn.transaction(|c: &mut DbConn| {
-            if let DbConn::Sqlite(_) = c {
-                c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?;
+            match c {
+                DbConn::Sqlite(_) => {
+                    c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?
+                }
+                DbConn::Postgres(_) => {
+                    c.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")?
+                }
             }
             f(c)
         })
@@ -232,9 +237,16 @@ impl Store {
             let mut pooled = store.conn()?;
             let conn: &mut DbConn = &mut pooled;
             conn.transaction(|c: &mut DbConn| {
-                if let DbConn::Sqlite(_) = c {
+                match c {
                     // Take SQLite's write lock first (see the write_lock table).
-                    c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?;
+                    DbConn::Sqlite(_) => {
+                        c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?
+                    }
+                    // Statements see what committed before them (the audit chain's head is read
+                    // after its lock), whatever the database's default isolation.
+                    DbConn::Postgres(_) => {
+                        c.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")?
+                    }
                 }
                 f(c)
             })

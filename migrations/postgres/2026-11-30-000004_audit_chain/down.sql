@@ -1,5 +1,9 @@
-DROP TRIGGER audit_resources_append_only ON resources;
-DROP TRIGGER audit_history_append_only ON resource_history;
+DROP TRIGGER audit_resources_no_truncate ON resources;
+DROP TRIGGER audit_history_no_truncate ON resource_history;
+DROP TRIGGER audit_resources_no_delete ON resources;
+DROP TRIGGER audit_resources_no_update ON resources;
+DROP TRIGGER audit_history_no_delete ON resource_history;
+DROP TRIGGER audit_history_no_update ON resource_history;
 DROP TRIGGER audit_chain_no_truncate ON audit_chain;
 DROP TRIGGER audit_chain_append_only ON audit_chain;
 DROP FUNCTION cairn_audit_append_only();

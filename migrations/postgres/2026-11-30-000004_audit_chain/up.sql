@@ -17,7 +17,18 @@ CREATE TRIGGER audit_chain_append_only BEFORE UPDATE OR DELETE ON audit_chain
     FOR EACH ROW EXECUTE FUNCTION cairn_audit_append_only();
 CREATE TRIGGER audit_chain_no_truncate BEFORE TRUNCATE ON audit_chain
     FOR EACH STATEMENT EXECUTE FUNCTION cairn_audit_append_only();
-CREATE TRIGGER audit_history_append_only BEFORE UPDATE OR DELETE ON resource_history
+CREATE TRIGGER audit_history_no_update BEFORE UPDATE ON resource_history
+    FOR EACH ROW WHEN (OLD.res_type = 'AuditEvent' OR NEW.res_type = 'AuditEvent')
+    EXECUTE FUNCTION cairn_audit_append_only();
+CREATE TRIGGER audit_history_no_delete BEFORE DELETE ON resource_history
     FOR EACH ROW WHEN (OLD.res_type = 'AuditEvent') EXECUTE FUNCTION cairn_audit_append_only();
-CREATE TRIGGER audit_resources_append_only BEFORE UPDATE OR DELETE ON resources
+CREATE TRIGGER audit_resources_no_update BEFORE UPDATE ON resources
+    FOR EACH ROW WHEN (OLD.res_type = 'AuditEvent' OR NEW.res_type = 'AuditEvent')
+    EXECUTE FUNCTION cairn_audit_append_only();
+CREATE TRIGGER audit_resources_no_delete BEFORE DELETE ON resources
     FOR EACH ROW WHEN (OLD.res_type = 'AuditEvent') EXECUTE FUNCTION cairn_audit_append_only();
+-- A TRUNCATE would take AuditEvents with everything else.
+CREATE TRIGGER audit_history_no_truncate BEFORE TRUNCATE ON resource_history
+    FOR EACH STATEMENT EXECUTE FUNCTION cairn_audit_append_only();
+CREATE TRIGGER audit_resources_no_truncate BEFORE TRUNCATE ON resources
+    FOR EACH STATEMENT EXECUTE FUNCTION cairn_audit_append_only();

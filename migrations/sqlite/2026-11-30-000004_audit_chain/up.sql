@@ -12,13 +12,13 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_chain_no_delete BEFORE DELETE ON audit_chain
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_history_no_update BEFORE UPDATE ON resource_history
-WHEN OLD.res_type = 'AuditEvent'
+WHEN OLD.res_type = 'AuditEvent' OR NEW.res_type = 'AuditEvent'
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_history_no_delete BEFORE DELETE ON resource_history
 WHEN OLD.res_type = 'AuditEvent'
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_resources_no_update BEFORE UPDATE ON resources
-WHEN OLD.res_type = 'AuditEvent'
+WHEN OLD.res_type = 'AuditEvent' OR NEW.res_type = 'AuditEvent'
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_resources_no_delete BEFORE DELETE ON resources
 WHEN OLD.res_type = 'AuditEvent'
