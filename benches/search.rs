@@ -123,18 +123,7 @@ fn main() -> Result<(), String> {
         pool_timeout_secs: 10,
         default_count: 50,
         max_count: 1000,
-        auth: cairn::config::AuthArgs {
-            mode: cairn::config::AuthMode::Enabled,
-            issuer: None,
-            audience: None,
-            leeway: 30,
-            token_lifetime: 300,
-            oidc_issuer: None,
-            oidc_jwks_url: None,
-            oidc_jwks_file: None,
-            oidc_jwks_min_interval: 10,
-            oidc_jwks_max_age: 600,
-        },
+        auth: cairn::config::AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,
     };
     let (tx, rx) = mpsc::channel();

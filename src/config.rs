@@ -68,6 +68,24 @@ pub struct AuthArgs {
     pub oidc_jwks_max_age: u64,
 }
 
+impl Default for AuthArgs {
+    /// The settings with no flag or variable given (as clap fills them): for embedding and tests.
+    fn default() -> Self {
+        AuthArgs {
+            mode: AuthMode::Enabled,
+            issuer: None,
+            audience: None,
+            leeway: 30,
+            token_lifetime: 300,
+            oidc_issuer: None,
+            oidc_jwks_url: None,
+            oidc_jwks_file: None,
+            oidc_jwks_min_interval: 10,
+            oidc_jwks_max_age: 600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuditMode {
     /// Every interaction is recorded before it is answered
@@ -220,5 +238,23 @@ impl Settings {
                 .map(|u| u.origin().ascii_serialization())
                 .unwrap_or(base),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        auth: AuthArgs,
+    }
+
+    #[test]
+    fn auth_defaults_are_the_flags_defaults() {
+        let parsed = Only::try_parse_from(["cairn"]).unwrap().auth;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", AuthArgs::default()));
     }
 }

@@ -194,9 +194,12 @@ impl Store {
         let conn: &mut DbConn = &mut pooled;
         conn.transaction(|c: &mut DbConn| {
             match c {
+                // Take SQLite's write lock first (see the write_lock table).
                 DbConn::Sqlite(_) => {
                     c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?
                 }
+                // Statements see what committed before them (the audit chain's head is read
+                // after its lock), whatever the database's default isolation.
                 DbConn::Postgres(_) => {
                     c.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")?
                 }
@@ -233,25 +236,7 @@ impl Store {
         F: FnOnce(&mut DbConn) -> FhirResult<T> + Send + 'static,
     {
         let store = self.clone();
-        blocking(move || {
-            let mut pooled = store.conn()?;
-            let conn: &mut DbConn = &mut pooled;
-            conn.transaction(|c: &mut DbConn| {
-                match c {
-                    // Take SQLite's write lock first (see the write_lock table).
-                    DbConn::Sqlite(_) => {
-                        c.batch_execute("UPDATE write_lock SET n = n + 1 WHERE id = 1")?
-                    }
-                    // Statements see what committed before them (the audit chain's head is read
-                    // after its lock), whatever the database's default isolation.
-                    DbConn::Postgres(_) => {
-                        c.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")?
-                    }
-                }
-                f(c)
-            })
-        })
-        .await
+        blocking(move || store.write_now(f)).await
     }
 
     /// Refreshes the planner's statistics (after bulk loads or a reindex: without them the

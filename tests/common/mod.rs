@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 
 use cairn::auth::server::Mint;
-use cairn::config::{AuthArgs, AuthMode, DatabaseArgs, LogFormat, Settings};
+use cairn::config::{AuthArgs, DatabaseArgs, LogFormat, Settings};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
 
@@ -53,22 +53,6 @@ pub fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
 }
 
-/// The authorization settings of a test server: enabled, with the defaults.
-pub fn auth_args() -> AuthArgs {
-    AuthArgs {
-        mode: AuthMode::Enabled,
-        issuer: None,
-        audience: None,
-        leeway: 30,
-        token_lifetime: 300,
-        oidc_issuer: None,
-        oidc_jwks_url: None,
-        oidc_jwks_file: None,
-        oidc_jwks_min_interval: 10,
-        oidc_jwks_max_age: 600,
-    }
-}
-
 pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
     Settings {
         db: DatabaseArgs {
@@ -83,7 +67,7 @@ pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
         pool_timeout_secs: 2,
         default_count: 50,
         max_count: 1000,
-        auth: auth_args(),
+        auth: AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,
     }
 }
