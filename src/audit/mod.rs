@@ -138,7 +138,7 @@ impl Auditor {
         let prepared = Prepared::new(
             &self.base_url,
             "AuditEvent",
-            &uuid::Uuid::new_v4().to_string(),
+            &uuid::Uuid::now_v7().to_string(),
             event,
         )?;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -189,7 +189,7 @@ pub fn record_in(conn: &mut DbConn, base_url: &str, events: Vec<Value>) -> FhirR
     }
     let prepared = events
         .into_iter()
-        .map(|e| Prepared::new(base_url, "AuditEvent", &uuid::Uuid::new_v4().to_string(), e))
+        .map(|e| Prepared::new(base_url, "AuditEvent", &uuid::Uuid::now_v7().to_string(), e))
         .collect::<FhirResult<Vec<_>>>()?;
     store_prepared(conn, prepared)
 }

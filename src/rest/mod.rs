@@ -327,7 +327,7 @@ impl Engine {
                 "resourceType",
             ));
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = uuid::Uuid::now_v7().to_string();
         admit(&rule, ty, &id, &resource, &self.base_url, "creating")?;
         let ty = ty.to_string();
         let base = self.base_url.clone();

@@ -169,10 +169,6 @@ const ONLY: &[(&str, &[&str])] = &[(
     &[
         "_id",
         "_lastUpdated",
-        "_tag",
-        "_profile",
-        "_security",
-        "_source",
         "date",
         "patient",
         "entity",
@@ -181,9 +177,6 @@ const ONLY: &[(&str, &[&str])] = &[(
         "outcome",
         "type",
         "subtype",
-        "source",
-        "site",
-        "address",
     ],
 )];
 

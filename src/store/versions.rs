@@ -98,9 +98,8 @@ pub fn version(
 /// Appends brand-new resources of one type (first versions, such as a batch of AuditEvents) in a
 /// few statements; their row ids, in order.
 pub fn append_new_many(conn: &mut DbConn, news: &[NewVersion]) -> FhirResult<Vec<i64>> {
-    let Some(first) = news.first() else {
-        return Ok(vec![]);
-    };
+    let mut found: std::collections::HashMap<(String, String), i64> =
+        std::collections::HashMap::new();
     for chunk in news.chunks(400) {
         let mut cur_q = Sql::new(
             "INSERT INTO resources (res_type, res_id, version, last_updated, deleted) VALUES ",
@@ -144,27 +143,35 @@ pub fn append_new_many(conn: &mut DbConn, news: &[NewVersion]) -> FhirResult<Vec
                 .push(", ");
             hist_q.text(&n.content).push(")");
         }
-        cur_q.execute(conn)?;
+        // The row ids come back from the insert itself: a lookup by id afterwards may be planned
+        // as a scan while the table's statistics are stale (a bulk load, the audit trail).
+        cur_q.push(" RETURNING res_type, res_id, rid");
+        found.extend(
+            cur_q
+                .load::<IdRid>(conn)?
+                .into_iter()
+                .map(|r| ((r.res_type, r.res_id), r.rid)),
+        );
         hist_q.execute(conn)?;
     }
-    let ids: Vec<String> = news.iter().map(|n| n.res_id.clone()).collect();
-    let mut found: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    for chunk in ids.chunks(500) {
-        let rows: Vec<(String, i64)> = cur::table
-            .filter(cur::res_type.eq(&first.res_type))
-            .filter(cur::res_id.eq_any(chunk))
-            .select((cur::res_id, cur::rid))
-            .load(conn)?;
-        found.extend(rows);
-    }
-    ids.iter()
-        .map(|id| {
+    news.iter()
+        .map(|n| {
             found
-                .get(id)
+                .get(&(n.res_type.clone(), n.res_id.clone()))
                 .copied()
-                .ok_or_else(|| FhirError::Internal(format!("row id of {id} not found")))
+                .ok_or_else(|| FhirError::Internal(format!("row id of {} not found", n.res_id)))
         })
         .collect()
+}
+
+#[derive(QueryableByName)]
+struct IdRid {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_type: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    res_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    rid: i64,
 }
 
 pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) -> FhirResult<i64> {
