@@ -15,6 +15,44 @@ pub enum AuthMode {
     Disabled,
 }
 
+/// Rules and caps of writes (transactions, conditional operations, references).
+#[derive(Debug, Clone, Args)]
+pub struct WriteArgs {
+    /// Refuse writes whose local references point to nothing, and deletes of referenced
+    /// resources (off: for bulk loads of data whose references are completed later)
+    #[arg(long, env = "CAIRN_REFERENTIAL_INTEGRITY", default_value = "on",
+          value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub referential_integrity: bool,
+
+    /// Most resources one conditional delete may remove (more matches: 412, nothing deleted)
+    #[arg(long, env = "CAIRN_CONDITIONAL_DELETE_MAX", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub conditional_delete_max: u32,
+
+    /// Most entries in one transaction or batch Bundle (more: 413)
+    #[arg(long, env = "CAIRN_BUNDLE_MAX_ENTRIES", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub bundle_max_entries: u32,
+}
+
+impl Default for WriteArgs {
+    fn default() -> WriteArgs {
+        WriteArgs {
+            referential_integrity: true,
+            conditional_delete_max: 10,
+            bundle_max_entries: 5_000,
+        }
+    }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
+}
+
 /// Authorization: the built-in authorization server, and an optional external OIDC provider.
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
@@ -157,6 +195,9 @@ pub struct Settings {
     #[arg(long, env = "CAIRN_MAX_COUNT", default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub max_count: i64,
+
+    #[command(flatten)]
+    pub writes: WriteArgs,
 
     #[command(flatten)]
     pub auth: AuthArgs,

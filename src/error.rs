@@ -94,6 +94,42 @@ impl FhirError {
         }
     }
 
+    /// The same error, its message prefixed with where it happened (a Bundle entry, say). An
+    /// element path becomes relative to `path_prefix` when one is given.
+    pub fn within(self, prefix: &str, path_prefix: Option<&str>) -> FhirError {
+        let p = |m: String| format!("{prefix}: {m}");
+        match self {
+            FhirError::Invalid {
+                message,
+                expression,
+            } => FhirError::Invalid {
+                message: p(message),
+                expression: match (expression, path_prefix) {
+                    (Some(e), Some(pp)) => Some(format!("{pp}.{e}")),
+                    (e, _) => e,
+                },
+            },
+            FhirError::BadRequest(m) => FhirError::BadRequest(p(m)),
+            FhirError::Unauthorized { message, presented } => FhirError::Unauthorized {
+                message: p(message),
+                presented,
+            },
+            FhirError::Forbidden(m) => FhirError::Forbidden(p(m)),
+            FhirError::NotFound(m) => FhirError::NotFound(p(m)),
+            FhirError::Gone(m) => FhirError::Gone(p(m)),
+            FhirError::MethodNotAllowed(m) => FhirError::MethodNotAllowed(p(m)),
+            FhirError::NotAcceptable(m) => FhirError::NotAcceptable(p(m)),
+            FhirError::Conflict(m) => FhirError::Conflict(p(m)),
+            FhirError::PreconditionFailed(m) => FhirError::PreconditionFailed(p(m)),
+            FhirError::PayloadTooLarge(m) => FhirError::PayloadTooLarge(p(m)),
+            FhirError::UnsupportedMediaType(m) => FhirError::UnsupportedMediaType(p(m)),
+            FhirError::Unprocessable(m) => FhirError::Unprocessable(p(m)),
+            FhirError::Unavailable(m) => FhirError::Unavailable(p(m)),
+            // Kept as they are: the engine retries the one, the other is logged and hidden.
+            e @ (FhirError::WriteConflict | FhirError::Internal(_)) => e,
+        }
+    }
+
     pub fn operation_outcome(&self) -> Value {
         let text = match self {
             FhirError::Internal(_) => "An internal error occurred; see the server log".to_string(),

@@ -190,6 +190,14 @@ impl AuditSeed {
         }
     }
 
+    /// The same start for another interaction of the request (an entry of a Bundle).
+    pub fn with_interaction(&self, interaction: Interaction) -> AuditSeed {
+        AuditSeed {
+            interaction,
+            ..self.clone()
+        }
+    }
+
     /// The start of the AuditEvent of a token request by `client` (as it claimed to be).
     pub fn login(client: &str, address: Option<&str>, base_url: &str) -> AuditSeed {
         let access = Access {

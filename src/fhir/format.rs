@@ -27,6 +27,26 @@ impl Format {
 
 /// Parses and validates one resource from a request body.
 pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {
+    let (value, json_text) = parse_object(body, format)?;
+    if !value.is_object() {
+        return Err(FhirError::BadRequest(
+            "the request body must be a JSON object holding one resource".into(),
+        ));
+    }
+    validate_resource(&value)?;
+    let canonical = cairn_fhir::canonical_json(&json_text)
+        .map_err(|e| FhirError::BadRequest(format!("invalid FHIR R4 resource: {e}")))?;
+    serde_json::from_str(&canonical).map_err(|e| FhirError::Internal(e.to_string()))
+}
+
+/// A request body as a JSON object, checked for syntax and depth only: for bodies whose parts are
+/// checked one by one (a batch Bundle's entries) or that are not resources (a JSON Patch).
+pub fn parse_json_body(body: &[u8], format: Format) -> FhirResult<Value> {
+    let (value, _) = parse_object(body, format)?;
+    Ok(value)
+}
+
+fn parse_object(body: &[u8], format: Format) -> FhirResult<(Value, String)> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(FhirError::BadRequest("the request body is empty".into()));
     }
@@ -45,13 +65,25 @@ pub fn parse_resource(body: &[u8], format: Format) -> FhirResult<Value> {
     };
     let value: Value = serde_json::from_str(&json_text)
         .map_err(|e| FhirError::BadRequest(format!("invalid JSON: {e}")))?;
-    if !value.is_object() {
+    if !value.is_object() && !value.is_array() {
         return Err(FhirError::BadRequest(
             "the request body must be a JSON object holding one resource".into(),
         ));
     }
-    validate_resource(&value)?;
-    let canonical = cairn_fhir::canonical_json(&json_text)
+    Ok((value, json_text))
+}
+
+/// Checks a resource built on the server (a patched resource, a Bundle entry) as strictly as a
+/// request body, and returns its canonical form.
+pub fn check_resource(value: &Value) -> FhirResult<Value> {
+    if !value.is_object() {
+        return Err(FhirError::BadRequest(
+            "a resource must be a JSON object".into(),
+        ));
+    }
+    validate_resource(value)?;
+    let text = serde_json::to_string(value).map_err(|e| FhirError::Internal(e.to_string()))?;
+    let canonical = cairn_fhir::canonical_json(&text)
         .map_err(|e| FhirError::BadRequest(format!("invalid FHIR R4 resource: {e}")))?;
     serde_json::from_str(&canonical).map_err(|e| FhirError::Internal(e.to_string()))
 }

@@ -8,9 +8,9 @@ mod subset;
 mod validate;
 
 pub use datetime::{format_instant, parse_instant_range, DateRange};
-pub use format::{parse_resource, render, Format};
+pub use format::{check_resource, parse_json_body, parse_resource, render, Format};
 pub use registry::{
     is_enabled, is_server_written, valid_id, ENABLED_TYPES, FHIR_VERSION, SERVER_WRITTEN,
 };
 pub use subset::{subset, Subset};
-pub use validate::validate_resource;
+pub use validate::{element_info, validate_resource};

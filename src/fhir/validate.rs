@@ -78,6 +78,18 @@ fn type_map() -> &'static TypeMap {
     })
 }
 
+/// What the R4 schema says of element `name` of type `type_name` (a resource or a complex type,
+/// e.g. `CarePlanActivityDetail`): whether it repeats, and its type when it is a complex one. None
+/// when the type has no such element.
+pub fn element_info(type_name: &str, name: &str) -> Option<(bool, Option<String>)> {
+    let e = type_map().types.get(type_name)?.get(name)?;
+    let complex = match &e.kind {
+        Kind::Complex(c) => Some(c.clone()),
+        _ => None,
+    };
+    Some((e.array, complex))
+}
+
 /// Checks a resource (a JSON object with `resourceType`) element by element.
 pub fn validate_resource(resource: &Value) -> FhirResult<()> {
     let obj = resource

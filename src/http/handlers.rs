@@ -16,7 +16,9 @@ use super::{AppState, AuditNote};
 use crate::auth::Access;
 use crate::error::{information_outcome, FhirError, FhirResult};
 use crate::fhir::{self, parse_resource, Format};
-use crate::rest::{capability_statement, ensure_type, HistoryLevel, SearchScope, Stored, Written};
+use crate::rest::{
+    capability_statement, ensure_type, HistoryLevel, Patch, SearchScope, Stored, Written,
+};
 
 type Reply = Result<HttpResponse, FhirError>;
 
@@ -230,14 +232,163 @@ pub async fn create(
     let out = negotiate(&req)?;
     let ty = path.into_inner();
     ensure_type(&ty)?;
+    let if_none_exist = header_text(&req, "If-None-Exist")?;
     let resource = parse_body(&req, payload, &st).await?;
     let seed = st.audit_seed(&req, &caller.0);
     let written = st
         .engine
-        .create(&caller.0, seed.as_ref(), &ty, resource)
+        .create(&caller.0, seed.as_ref(), &ty, resource, if_none_exist)
         .await?;
     recorded(&req);
     send_written(&req, out, &st, written)
+}
+
+/// A header's text, if sent (400 when it is not readable text).
+fn header_text(req: &HttpRequest, name: &str) -> FhirResult<Option<String>> {
+    req.headers()
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map(|s| s.trim().to_string())
+                .map_err(|_| FhirError::BadRequest(format!("{name} is not readable")))
+        })
+        .transpose()
+}
+
+/// The query string of a conditional interaction (`PUT/DELETE [type]?search`); 412 without one,
+/// since a condition that names nothing would match everything.
+fn condition(req: &HttpRequest) -> FhirResult<String> {
+    let qs = req.query_string();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(qs.as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != "_cascade")
+        .collect();
+    if pairs.is_empty() {
+        return Err(FhirError::PreconditionFailed(format!(
+            "{} on {} needs search parameters naming what to change",
+            req.method(),
+            req.path()
+        )));
+    }
+    Ok(url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish())
+}
+
+/// `_cascade=delete` on a delete.
+fn cascade(req: &HttpRequest) -> FhirResult<bool> {
+    match url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "_cascade")
+        .map(|(_, v)| v.into_owned())
+    {
+        None => Ok(false),
+        Some(v) if v == "delete" => Ok(true),
+        Some(v) => Err(FhirError::invalid(
+            format!("_cascade takes 'delete', not '{v}'"),
+            "_cascade",
+        )),
+    }
+}
+
+/// `PUT [type]?search`: conditional update.
+pub async fn conditional_update(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let ty = path.into_inner();
+    ensure_type(&ty)?;
+    let cond = condition(&req)?;
+    let resource = parse_body(&req, payload, &st).await?;
+    let seed = st.audit_seed(&req, &caller.0);
+    let written = st
+        .engine
+        .conditional_update(&caller.0, seed.as_ref(), &ty, &cond, resource)
+        .await?;
+    recorded(&req);
+    send_written(&req, out, &st, written)
+}
+
+/// `DELETE [type]?search`: conditional delete (one match, or several up to the configured cap).
+pub async fn conditional_delete(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let ty = path.into_inner();
+    ensure_type(&ty)?;
+    let cond = condition(&req)?;
+    let seed = st.audit_seed(&req, &caller.0);
+    let n = st
+        .engine
+        .conditional_delete(&caller.0, seed.as_ref(), &ty, &cond, cascade(&req)?)
+        .await?;
+    recorded(&req);
+    if prefer_return(&req) == Return::OperationOutcome {
+        let msg = format!("{n} {ty} resource(s) matching '{cond}' deleted");
+        return send_value(HttpResponse::Ok(), out, &information_outcome(&msg));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `PATCH [type]/[id]`: JSON Patch (`application/json-patch+json`) or FHIRPath Patch (a
+/// Parameters resource in FHIR JSON or XML).
+pub async fn patch(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let (ty, id) = path.into_inner();
+    ensure_type(&ty)?;
+    let pinned = if_match(&req)?;
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let patch = if ct.starts_with("application/json-patch+json") {
+        let body = read_body(&req, payload, st.max_body_size).await?;
+        Patch::json(&fhir::parse_json_body(&body, Format::Json)?)?
+    } else {
+        let format = body_format(&req)?;
+        let body = read_body(&req, payload, st.max_body_size).await?;
+        Patch::fhirpath(&parse_resource(&body, format)?)?
+    };
+    let seed = st.audit_seed(&req, &caller.0);
+    let written = st
+        .engine
+        .patch(&caller.0, seed.as_ref(), &ty, &id, patch, pinned)
+        .await?;
+    recorded(&req);
+    send_written(&req, out, &st, written)
+}
+
+/// `POST [base]`: a transaction or batch Bundle.
+pub async fn bundle(
+    req: HttpRequest,
+    caller: Caller,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let format = body_format(&req)?;
+    let body = read_body(&req, payload, st.max_body_size).await?;
+    let bundle = fhir::parse_json_body(&body, format)?;
+    let seed = st.audit_seed(&req, &caller.0);
+    let answer = st
+        .engine
+        .process_bundle(&caller.0, seed.as_ref(), bundle)
+        .await?;
+    send_value(HttpResponse::Ok(), out, &answer)
 }
 
 pub async fn update(
@@ -297,7 +448,7 @@ pub async fn delete(
     let seed = st.audit_seed(&req, &caller.0);
     let deleted = st
         .engine
-        .delete(&caller.0, seed.as_ref(), &ty, &id, pinned)
+        .delete(&caller.0, seed.as_ref(), &ty, &id, pinned, cascade(&req)?)
         .await?;
     recorded(&req);
     let mut b = HttpResponse::NoContent();

@@ -158,6 +158,8 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
     cfg.route("", web::get().to(h::search_system))
         .route("/", web::get().to(h::search_system))
+        .route("", web::post().to(h::bundle))
+        .route("/", web::post().to(h::bundle))
         .route("/metadata", web::get().to(h::metadata))
         .route(
             "/.well-known/smart-configuration",
@@ -194,6 +196,7 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
             web::resource("/{type}/{id}")
                 .route(web::get().to(h::read))
                 .route(web::put().to(h::update))
+                .route(web::patch().to(h::patch))
                 .route(web::delete().to(h::delete))
                 .default_service(web::to(h::method_not_allowed)),
         )
@@ -201,6 +204,8 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
             web::resource("/{type}")
                 .route(web::get().to(h::search_type))
                 .route(web::post().to(h::create))
+                .route(web::put().to(h::conditional_update))
+                .route(web::delete().to(h::conditional_delete))
                 .default_service(web::to(h::method_not_allowed)),
         );
 }
@@ -259,6 +264,11 @@ pub fn engine(settings: &Settings, port: u16) -> Result<Engine, String> {
         base_url: settings.base_url_for(port),
         default_count: settings.default_count,
         max_count: settings.max_count,
+        limits: crate::rest::Limits {
+            referential_integrity: settings.writes.referential_integrity,
+            conditional_delete_max: settings.writes.conditional_delete_max as usize,
+            bundle_max_entries: settings.writes.bundle_max_entries as usize,
+        },
     })
 }
 

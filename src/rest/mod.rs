@@ -2,9 +2,13 @@
 //! over resource type. Each interaction is one call into `store` (a write is one transaction);
 //! nothing here knows HTTP, so `http` stays a thin translation of headers and status codes.
 
+mod bundle;
 mod capabilities;
 mod history;
+mod integrity;
+mod patch;
 mod search;
+mod write;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,7 +22,10 @@ use crate::store::{self, CurrentRow, NewVersion, Store, VersionRow};
 
 pub use capabilities::capability_statement;
 pub use history::HistoryLevel;
+pub use patch::Patch;
 pub use search::SearchScope;
+
+use write::Cx;
 
 /// How often a write without `If-Match` is retried after losing a race to another writer.
 const WRITE_ATTEMPTS: usize = 5;
@@ -31,6 +38,28 @@ pub struct Engine {
     pub base_url: String,
     pub default_count: i64,
     pub max_count: i64,
+    pub limits: Limits,
+}
+
+/// Write rules and caps from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Refuse writes whose local references point nowhere, and deletes of what is referenced.
+    pub referential_integrity: bool,
+    /// How many resources one conditional delete may remove.
+    pub conditional_delete_max: usize,
+    /// How many entries a transaction or batch Bundle may hold.
+    pub bundle_max_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            referential_integrity: true,
+            conditional_delete_max: 10,
+            bundle_max_entries: 5_000,
+        }
+    }
 }
 
 /// A stored version as the client sees it.
@@ -310,40 +339,64 @@ pub(crate) fn write_new_versions(
 }
 
 impl Engine {
-    /// create: a new resource with a server-assigned id.
+    /// create: a new resource with a server-assigned id; with `if_none_exist` (a search), the
+    /// existing match instead when there is exactly one (412 when several).
     pub async fn create(
         &self,
         access: &Access,
         audit: Option<&AuditSeed>,
         ty: &str,
         resource: Value,
+        if_none_exist: Option<String>,
     ) -> FhirResult<Written> {
         ensure_type(ty)?;
         ensure_writable(ty)?;
-        let rule = rule(access, Perm::Create, ty)?;
-        if body_type(&resource) != ty {
-            return Err(FhirError::invalid(
-                format!("the body is a {}, the URL says {ty}", body_type(&resource)),
-                "resourceType",
-            ));
-        }
+        rule(access, Perm::Create, ty)?;
         let id = uuid::Uuid::now_v7().to_string();
-        admit(&rule, ty, &id, &resource, &self.base_url, "creating")?;
         let ty = ty.to_string();
-        let base = self.base_url.clone();
-        let seed = audit.cloned();
-        let stored = self
-            .store
-            .write(move |conn| {
-                let s = write_version(conn, &base, None, &ty, &id, "POST", Some(resource))?;
-                audit_write(conn, seed.as_ref(), &base, 201, Some(&s), &ty, &id)?;
-                Ok(s)
-            })
-            .await?;
-        Ok(Written {
-            stored,
-            created: true,
+        self.in_transaction(access, audit, move |cx, conn| {
+            let w = cx.create(conn, &ty, &id, resource.clone(), if_none_exist.as_deref())?;
+            if w.created {
+                cx.check_integrity(conn, &[&w.stored])?;
+            }
+            Ok(w)
         })
+        .await
+    }
+
+    /// Runs `f` as one write transaction with a write context for `access`; retried when it lost a
+    /// race to another writer (it must be repeatable).
+    async fn in_transaction<T, F>(
+        &self,
+        access: &Access,
+        audit: Option<&AuditSeed>,
+        f: F,
+    ) -> FhirResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Cx, &mut store::DbConn) -> FhirResult<T> + Send + Sync + Clone + 'static,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (engine, access, seed, f) =
+                (self.clone(), access.clone(), audit.cloned(), f.clone());
+            let result = self
+                .store
+                .write(move |conn| {
+                    let cx = Cx {
+                        engine: &engine,
+                        access: &access,
+                        seed: seed.as_ref(),
+                    };
+                    f(&cx, conn)
+                })
+                .await;
+            match result {
+                Err(FhirError::WriteConflict) if attempt < WRITE_ATTEMPTS => continue,
+                other => return other,
+            }
+        }
     }
 
     /// read: the current version; 404 if it never existed, 410 if it was deleted.
@@ -430,57 +483,78 @@ impl Engine {
         ensure_type(ty)?;
         ensure_writable(ty)?;
         let rule = rule(access, Perm::Update, ty)?;
-        if !fhir::valid_id(id) {
-            return Err(FhirError::invalid(
-                format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"),
-                "id",
-            ));
-        }
+        write::check_update_body(ty, id, &resource)?;
+        admit(&rule, ty, id, &resource, &self.base_url, "writing")?;
+        let (t, i) = (ty.to_string(), id.to_string());
+        self.pinned(
+            if_match,
+            ty,
+            id,
+            self.in_transaction(access, audit, move |cx, conn| {
+                let w = cx.update(conn, &t, &i, resource.clone(), if_match)?;
+                cx.check_integrity(conn, &[&w.stored])?;
+                Ok(w)
+            }),
+        )
+        .await
+    }
+
+    /// Conditional update: `PUT [type]?search`.
+    pub async fn conditional_update(
+        &self,
+        access: &Access,
+        audit: Option<&AuditSeed>,
+        ty: &str,
+        cond: &str,
+        resource: Value,
+    ) -> FhirResult<Written> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        rule(access, Perm::Update, ty)?;
         if body_type(&resource) != ty {
             return Err(FhirError::invalid(
                 format!("the body is a {}, the URL says {ty}", body_type(&resource)),
                 "resourceType",
             ));
         }
-        match resource.get("id").and_then(Value::as_str) {
-            Some(body_id) if body_id == id => {}
-            Some(body_id) => {
-                return Err(FhirError::invalid(
-                    format!("the body's id '{body_id}' differs from the URL's '{id}'"),
-                    format!("{ty}.id"),
-                ))
-            }
-            None => {
-                return Err(FhirError::invalid(
-                    "an update must carry the resource id in the body",
-                    format!("{ty}.id"),
-                ))
-            }
-        }
-        admit(&rule, ty, id, &resource, &self.base_url, "writing")?;
-        let base = self.base_url.clone();
-        let seed = audit.cloned();
-        self.retrying(
+        let (ty, cond) = (ty.to_string(), cond.to_string());
+        self.in_transaction(access, audit, move |cx, conn| {
+            let w = cx.conditional_update(conn, &ty, &cond, resource.clone())?;
+            cx.check_integrity(conn, &[&w.stored])?;
+            Ok(w)
+        })
+        .await
+    }
+
+    /// patch: JSON Patch or FHIRPath Patch on the current version.
+    pub async fn patch(
+        &self,
+        access: &Access,
+        audit: Option<&AuditSeed>,
+        ty: &str,
+        id: &str,
+        patch: Patch,
+        if_match: Option<i64>,
+    ) -> FhirResult<Written> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        rule(access, Perm::Update, ty)?;
+        let (t, i) = (ty.to_string(), id.to_string());
+        self.pinned(
             if_match,
-            move |conn, ty, id| {
-                let prev = store::current_for_update(conn, ty, id)?;
-                admit_current(conn, &rule, prev.as_ref(), ty, id, &base, "updating")?;
-                check_if_match(if_match, prev.as_ref(), ty, id)?;
-                let created = prev.is_none_or(|p| p.deleted != 0);
-                let resource = Some(resource.clone());
-                let stored = write_version(conn, &base, prev.as_ref(), ty, id, "PUT", resource)?;
-                let status = if created { 201 } else { 200 };
-                audit_write(conn, seed.as_ref(), &base, status, Some(&stored), ty, id)?;
-                Ok(Some(Written { stored, created }))
-            },
             ty,
             id,
+            self.in_transaction(access, audit, move |cx, conn| {
+                let w = cx.patch(conn, &t, &i, &patch, if_match)?;
+                cx.check_integrity(conn, &[&w.stored])?;
+                Ok(w)
+            }),
         )
-        .await?
-        .ok_or_else(|| FhirError::Internal("an update wrote nothing".into()))
+        .await
     }
 
     /// delete: a tombstone version. Deleting what does not exist (or is already deleted) is a no-op.
+    /// With `cascade`, what references the resource is deleted first.
     pub async fn delete(
         &self,
         access: &Access,
@@ -488,39 +562,68 @@ impl Engine {
         ty: &str,
         id: &str,
         if_match: Option<i64>,
+        cascade: bool,
     ) -> FhirResult<Option<Written>> {
         ensure_type(ty)?;
         ensure_writable(ty)?;
-        let rule = rule(access, Perm::Delete, ty)?;
+        rule(access, Perm::Delete, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
-        let base = self.base_url.clone();
-        let seed = audit.cloned();
-        self.retrying(
+        let (t, i) = (ty.to_string(), id.to_string());
+        self.pinned(
             if_match,
-            move |conn, ty, id| {
-                let prev = store::current_for_update(conn, ty, id)?;
-                admit_current(conn, &rule, prev.as_ref(), ty, id, &base, "deleting")?;
-                check_if_match(if_match, prev.as_ref(), ty, id)?;
-                let written = match prev {
-                    Some(p) if p.deleted == 0 => {
-                        let stored = write_version(conn, &base, Some(&p), ty, id, "DELETE", None)?;
-                        Some(Written {
-                            stored,
-                            created: false,
-                        })
-                    }
-                    _ => None,
-                };
-                let stored = written.as_ref().map(|w| &w.stored);
-                audit_write(conn, seed.as_ref(), &base, 204, stored, ty, id)?;
-                Ok(written)
-            },
             ty,
             id,
+            self.in_transaction(access, audit, move |cx, conn| {
+                let w = cx.delete(conn, &t, &i, if_match, cascade)?;
+                if let Some(w) = &w {
+                    cx.check_integrity(conn, &[&w.stored])?;
+                }
+                Ok(w)
+            }),
         )
         .await
+    }
+
+    /// Conditional delete: `DELETE [type]?search`; returns how many resources were deleted.
+    pub async fn conditional_delete(
+        &self,
+        access: &Access,
+        audit: Option<&AuditSeed>,
+        ty: &str,
+        cond: &str,
+        cascade: bool,
+    ) -> FhirResult<usize> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        rule(access, Perm::Delete, ty)?;
+        let (ty, cond) = (ty.to_string(), cond.to_string());
+        self.in_transaction(access, audit, move |cx, conn| {
+            let gone = cx.conditional_delete(conn, &ty, &cond, cascade)?;
+            let stored: Vec<&Stored> = gone.iter().map(|w| &w.stored).collect();
+            cx.check_integrity(conn, &stored)?;
+            Ok(gone.len())
+        })
+        .await
+    }
+
+    /// A write pinned with If-Match that lost a race: its version is stale, which is a 412.
+    async fn pinned<T>(
+        &self,
+        if_match: Option<i64>,
+        ty: &str,
+        id: &str,
+        write: impl std::future::Future<Output = FhirResult<T>>,
+    ) -> FhirResult<T> {
+        match (write.await, if_match) {
+            (Err(FhirError::WriteConflict), Some(v)) => {
+                Err(FhirError::PreconditionFailed(format!(
+                    "{ty}/{id} was changed by another request; version {v} is no longer current"
+                )))
+            }
+            (other, _) => other,
+        }
     }
 
     /// Stores a batch of resources with client-chosen ids in one transaction (bulk loads: the
@@ -585,39 +688,6 @@ impl Engine {
                     self.store.analyze().await?;
                     return Ok(done);
                 }
-            }
-        }
-    }
-
-    /// Runs a write transaction, retrying when it lost a race, unless the client pinned a version
-    /// with If-Match: then losing the race means its version is stale, which is a 412.
-    async fn retrying<F>(
-        &self,
-        if_match: Option<i64>,
-        f: F,
-        ty: &str,
-        id: &str,
-    ) -> FhirResult<Option<Written>>
-    where
-        F: Fn(&mut store::DbConn, &str, &str) -> FhirResult<Option<Written>>
-            + Send
-            + Sync
-            + Clone
-            + 'static,
-    {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (f, t, i) = (f.clone(), ty.to_string(), id.to_string());
-            match self.store.write(move |conn| f(conn, &t, &i)).await {
-                Err(FhirError::WriteConflict) if if_match.is_some() => {
-                    return Err(FhirError::PreconditionFailed(format!(
-                        "{ty}/{id} was changed by another request; version {} is no longer current",
-                        if_match.unwrap_or_default()
-                    )))
-                }
-                Err(FhirError::WriteConflict) if attempt < WRITE_ATTEMPTS => continue,
-                other => return other,
             }
         }
     }

@@ -25,6 +25,13 @@ pub enum SearchScope {
     },
 }
 
+/// A parsed search, ready to run: the query, the path its links start from, and the page asked.
+pub(crate) struct Planned {
+    query: SearchQuery,
+    path: String,
+    cursor: Option<Cursor>,
+}
+
 impl Engine {
     pub async fn search(
         &self,
@@ -33,6 +40,41 @@ impl Engine {
         params: &[(String, String)],
         strict: bool,
     ) -> FhirResult<Value> {
+        let planned = self.plan_search(access, scope, params, strict)?;
+        let backend = self.store.backend();
+        let (q, cursor) = (planned.query.clone(), planned.cursor.clone());
+        let page = self
+            .store
+            .snapshot(move |conn| run(conn, backend, &q, cursor.as_ref()))
+            .await?;
+        Ok(self.bundle(&planned.path, &planned.query, page))
+    }
+
+    /// A search inside a transaction (a GET entry of a Bundle).
+    pub(crate) fn search_in(
+        &self,
+        conn: &mut crate::store::DbConn,
+        access: &Access,
+        scope: SearchScope,
+        params: &[(String, String)],
+    ) -> FhirResult<Value> {
+        let planned = self.plan_search(access, scope, params, false)?;
+        let page = run(
+            conn,
+            self.store.backend(),
+            &planned.query,
+            planned.cursor.as_ref(),
+        )?;
+        Ok(self.bundle(&planned.path, &planned.query, page))
+    }
+
+    fn plan_search(
+        &self,
+        access: &Access,
+        scope: SearchScope,
+        params: &[(String, String)],
+        strict: bool,
+    ) -> FhirResult<Planned> {
         let (types, path) = match &scope {
             SearchScope::Type(t) => {
                 ensure_type(t)?;
@@ -130,13 +172,11 @@ impl Engine {
             ),
             None => None,
         };
-        let backend = self.store.backend();
-        let q = query.clone();
-        let page = self
-            .store
-            .snapshot(move |conn| run(conn, backend, &q, cursor.as_ref()))
-            .await?;
-        Ok(self.bundle(&path, &query, page))
+        Ok(Planned {
+            query,
+            path,
+            cursor,
+        })
     }
 
     /// The database's query plan for a type search (for benchmarks and diagnostics).

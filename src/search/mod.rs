@@ -2,7 +2,7 @@
 //! (`fhirpath`), index extraction at write time (`index`) and request parsing into a
 //! backend-neutral plan (`query`). `store` runs the plan; `rest` builds the Bundle.
 
-mod fhirpath;
+pub mod fhirpath;
 mod index;
 mod params;
 mod query;

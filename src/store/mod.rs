@@ -20,8 +20,8 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use crate::error::{FhirError, FhirResult};
 
 pub use versions::{
-    append, append_new_many, current, current_for_update, history, version, CurrentRow,
-    HistoryQuery, NewVersion, VersionRow,
+    advisory_xact_lock, append, append_new_many, current, current_for_update, history, version,
+    CurrentRow, HistoryQuery, NewVersion, VersionRow,
 };
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");

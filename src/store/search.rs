@@ -1442,3 +1442,21 @@ pub fn live_after(conn: &mut DbConn, after: i64, limit: i64) -> FhirResult<Vec<C
     q.int(after).push(" ORDER BY r.rid LIMIT ").int(limit);
     Ok(q.load(conn)?)
 }
+
+/// Live resources (of any type a client writes) whose indexed references point to `ty/id`, at most
+/// `limit` of them.
+pub fn referrers(conn: &mut DbConn, ty: &str, id: &str, limit: usize) -> FhirResult<Vec<Hit>> {
+    let mut q = Sql::new(
+        "SELECT DISTINCT r.rid AS rid, r.res_type AS res_type, r.res_id AS res_id FROM idx_reference t \
+         JOIN resources r ON r.rid = t.rid WHERE r.deleted = 0 AND t.target_type = ",
+    );
+    q.text(ty).push(" AND t.target_id = ").text(id);
+    q.push(" AND r.res_type NOT IN ");
+    let skip: Vec<String> = crate::fhir::SERVER_WRITTEN
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    q.text_list(&skip);
+    q.push(" ORDER BY r.rid LIMIT ").int(limit as i64);
+    Ok(q.load(conn)?)
+}

@@ -270,3 +270,10 @@ pub fn history(conn: &mut DbConn, q: &HistoryQuery) -> FhirResult<Vec<VersionRow
         .limit(q.limit)
         .load(conn)?)
 }
+
+/// Takes a PostgreSQL transaction-level advisory lock on `key` (released at commit or rollback).
+pub fn advisory_xact_lock(conn: &mut DbConn, key: i64) -> FhirResult<()> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(&format!("SELECT pg_advisory_xact_lock({key})"))?;
+    Ok(())
+}

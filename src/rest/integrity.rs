@@ -1,0 +1,167 @@
+//! Referential integrity: what a write stores may refer only to resources that exist here, and
+//! what is deleted must not be referenced by anything live. Absolute references to other servers,
+//! contained (`#`) references and types this server does not hold are not checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::Stored;
+use crate::error::{FhirError, FhirResult};
+use crate::fhir;
+use crate::store::{self, DbConn};
+
+/// How many referrers a refused delete lists.
+const LISTED: usize = 5;
+
+/// The local references in `resource`: `(path, Type, id)`, e.g. `("CarePlan.subject", "Patient",
+/// "p1")`. `base` is the server's own base URL (absolute references to it are local).
+pub fn local_references(resource: &Value, base: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    let root = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("Resource")
+        .to_string();
+    walk(resource, &root, base, &mut out);
+    out
+}
+
+fn walk(v: &Value, path: &str, base: &str, out: &mut Vec<(String, String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                // Contained resources carry their own references, local to the container.
+                if k == "contained" {
+                    continue;
+                }
+                let p = format!("{path}.{k}");
+                if k == "reference" {
+                    if let Some((t, id)) = child.as_str().and_then(|r| local(r, base)) {
+                        out.push((p, t, id));
+                    }
+                } else {
+                    walk(child, &p, base, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, &format!("{path}[{i}]"), base, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `Type/id` (relative, or absolute on this server, with or without `/_history/v`) of a type this
+/// server holds.
+fn local(reference: &str, base: &str) -> Option<(String, String)> {
+    let r = reference
+        .strip_prefix(base)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(reference);
+    if r.contains("://") || r.starts_with('#') || r.starts_with("urn:") {
+        return None;
+    }
+    let mut parts = r.split('/');
+    let (t, id) = (parts.next()?, parts.next()?);
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, None, None) | (Some("_history"), Some(_), None) => {}
+        _ => return None,
+    }
+    (fhir::is_enabled(t) && fhir::valid_id(id)).then(|| (t.to_string(), id.to_string()))
+}
+
+/// 422 naming the first reference of `written` whose target does not exist (or is deleted); 409
+/// naming a few referrers of the first deleted resource something live still references.
+pub fn check(conn: &mut DbConn, base: &str, written: &[&Stored]) -> FhirResult<()> {
+    // Targets by type, with the first place each is referred to from.
+    let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for s in written {
+        let Some(content) = &s.content else { continue };
+        let v: Value = serde_json::from_str(content)
+            .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+        for (path, t, id) in local_references(&v, base) {
+            wanted
+                .entry(t)
+                .or_default()
+                .entry(id)
+                .or_insert_with(|| format!("{path} of {}/{}", s.resource_type, s.id));
+        }
+    }
+    for (t, ids) in &wanted {
+        let list: Vec<String> = ids.keys().cloned().collect();
+        let mut live = BTreeSet::new();
+        for chunk in list.chunks(500) {
+            for hit in store::search::hits_by_ids(conn, t, chunk)? {
+                live.insert(hit.res_id);
+            }
+        }
+        if let Some((id, at)) = ids.iter().find(|(id, _)| !live.contains(*id)) {
+            return Err(FhirError::Unprocessable(format!(
+                "{at} refers to {t}/{id}, which does not exist here (referential integrity)"
+            )));
+        }
+    }
+    for s in written.iter().filter(|s| s.content.is_none()) {
+        let hits = referrers(conn, &s.resource_type, &s.id, LISTED)?;
+        if !hits.is_empty() {
+            let names: Vec<String> = hits.iter().map(|(t, i)| format!("{t}/{i}")).collect();
+            return Err(FhirError::Conflict(format!(
+                "{}/{} is still referenced by {}; delete those first, or ask for _cascade=delete",
+                s.resource_type,
+                s.id,
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Live resources that reference `ty/id`.
+pub fn referrers(
+    conn: &mut DbConn,
+    ty: &str,
+    id: &str,
+    limit: usize,
+) -> FhirResult<Vec<(String, String)>> {
+    Ok(store::search::referrers(conn, ty, id, limit)?
+        .into_iter()
+        .filter(|h| !(h.res_type == ty && h.res_id == id))
+        .map(|h| (h.res_type, h.res_id))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn local_references_are_found_in_nested_elements_and_named_by_path() {
+        let base = "http://x/fhir";
+        let r = json!({"resourceType": "CarePlan", "subject": {"reference": "Patient/p1"},
+            "activity": [{"detail": {"goal": [{"reference": "http://x/fhir/Goal/g1/_history/2"}]}}],
+            "contained": [{"resourceType": "Goal", "subject": {"reference": "Patient/inner"}}],
+            "author": {"reference": "https://elsewhere.example/fhir/Practitioner/1"},
+            "careTeam": [{"reference": "#team"}, {"reference": "urn:uuid:1"}, {"reference": "Device/d"}]});
+        let mut refs = local_references(&r, base);
+        refs.sort();
+        assert_eq!(
+            refs,
+            vec![
+                (
+                    "CarePlan.activity[0].detail.goal[0].reference".to_string(),
+                    "Goal".to_string(),
+                    "g1".to_string()
+                ),
+                (
+                    "CarePlan.subject.reference".to_string(),
+                    "Patient".to_string(),
+                    "p1".to_string()
+                ),
+            ]
+        );
+    }
+}

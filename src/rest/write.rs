@@ -1,0 +1,530 @@
+//! The write interactions inside a transaction: create (plain and conditional), update, patch and
+//! delete, each checked against the caller's scopes and audited in the same transaction. A request
+//! runs one of them in its own transaction; a transaction Bundle runs all its entries in one.
+
+use serde_json::Value;
+
+use super::{
+    admit, admit_current, audit_write, body_type, check_if_match, ensure_type, ensure_writable,
+    integrity, patch::Patch, rule, write_version, Engine, Stored, Written,
+};
+use crate::audit::{AuditSeed, Interaction};
+use crate::auth::{Access, Perm, Rule};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir;
+use crate::search::{self, ParseOptions};
+use crate::store::{self, Backend, DbConn};
+
+/// What every write of one request (or one Bundle) shares: the engine's settings, the caller and
+/// the start of its AuditEvents.
+pub(crate) struct Cx<'a> {
+    pub engine: &'a Engine,
+    pub access: &'a Access,
+    pub seed: Option<&'a AuditSeed>,
+}
+
+impl Cx<'_> {
+    fn base(&self) -> &str {
+        &self.engine.base_url
+    }
+
+    /// The AuditEvent start for one interaction of this request.
+    fn seed_for(&self, interaction: Interaction) -> Option<AuditSeed> {
+        self.seed.map(|s| s.with_interaction(interaction))
+    }
+
+    /// create with the id `id` (assigned by the server). With `if_none_exist`, an existing match is
+    /// returned instead (not created: 200), and several matches are a 412.
+    pub fn create(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        id: &str,
+        resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> FhirResult<Written> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        let rule = rule(self.access, Perm::Create, ty)?;
+        if body_type(&resource) != ty {
+            return Err(FhirError::invalid(
+                format!("the body is a {}, the URL says {ty}", body_type(&resource)),
+                "resourceType",
+            ));
+        }
+        admit(&rule, ty, id, &resource, self.base(), "creating")?;
+        if let Some(cond) = if_none_exist {
+            if let Some(existing) = self.existing_match(conn, ty, cond, "If-None-Exist")? {
+                let seed = self.seed_for(Interaction::Create);
+                audit_write(
+                    conn,
+                    seed.as_ref(),
+                    self.base(),
+                    200,
+                    Some(&existing),
+                    ty,
+                    id,
+                )?;
+                return Ok(Written {
+                    stored: existing,
+                    created: false,
+                });
+            }
+        }
+        let s = write_version(conn, self.base(), None, ty, id, "POST", Some(resource))?;
+        let seed = self.seed_for(Interaction::Create);
+        audit_write(conn, seed.as_ref(), self.base(), 201, Some(&s), ty, id)?;
+        Ok(Written {
+            stored: s,
+            created: true,
+        })
+    }
+
+    /// The AuditEvent of a conditional create that found its match (200, nothing written).
+    pub fn note_existing(&self, conn: &mut DbConn, existing: &Stored) -> FhirResult<()> {
+        let seed = self.seed_for(Interaction::Create);
+        let (ty, id) = (&existing.resource_type, &existing.id);
+        audit_write(
+            conn,
+            seed.as_ref(),
+            self.base(),
+            200,
+            Some(existing),
+            ty,
+            id,
+        )
+    }
+
+    /// The AuditEvent of a read inside a transaction.
+    pub fn audit_access(
+        &self,
+        conn: &mut DbConn,
+        interaction: Interaction,
+        s: &Stored,
+    ) -> FhirResult<()> {
+        let seed = self.seed_for(interaction);
+        audit_write(
+            conn,
+            seed.as_ref(),
+            self.base(),
+            200,
+            Some(s),
+            &s.resource_type,
+            &s.id,
+        )
+    }
+
+    /// The AuditEvent of a search inside a transaction (`query` relative to the base).
+    pub fn audit_search(
+        &self,
+        conn: &mut DbConn,
+        interaction: Interaction,
+        query: &str,
+        params: &[(String, String)],
+    ) -> FhirResult<()> {
+        let Some(seed) = self.seed_for(interaction) else {
+            return Ok(());
+        };
+        let ty = query.split(['?', '/']).next().filter(|t| !t.is_empty());
+        let entities = crate::audit::search_entities(query, params, ty);
+        crate::audit::record_in(conn, self.base(), vec![seed.event(200, entities)])
+    }
+
+    /// The one resource `cond` matches (None when none does; 412 when several do), with the
+    /// condition locked for the rest of the transaction, so that two conditional creates of the
+    /// same thing cannot both see nothing.
+    pub fn existing_match(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        cond: &str,
+        what: &str,
+    ) -> FhirResult<Option<Stored>> {
+        lock_condition(conn, self.engine.store.backend(), ty, cond)?;
+        let ids = self.matches(conn, ty, cond, 2)?;
+        match ids.as_slice() {
+            [] => Ok(None),
+            [id] => {
+                let row = store::version(conn, ty, id, None)?
+                    .ok_or_else(|| FhirError::Internal(format!("{ty}/{id} vanished")))?;
+                Ok(Some(Stored::from_row(row)))
+            }
+            _ => Err(FhirError::PreconditionFailed(format!(
+                "{what} '{cond}' matches more than one {ty}"
+            ))),
+        }
+    }
+
+    /// The ids of (at most `limit`) live resources of `ty` that the search `query` matches, among
+    /// those the caller may search.
+    pub fn matches(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        query: &str,
+        limit: usize,
+    ) -> FhirResult<Vec<String>> {
+        ensure_type(ty)?;
+        rule(self.access, Perm::Search, ty)?;
+        let mut params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .filter(|(k, _)| !k.is_empty())
+            .collect();
+        if params.is_empty() {
+            return Err(FhirError::BadRequest(format!(
+                "the condition '{query}' has no search parameters"
+            )));
+        }
+        if let Some((k, _)) = params
+            .iter()
+            .find(|(k, _)| matches!(k.as_str(), "_count" | "_sort" | "_include" | "_revinclude"))
+        {
+            return Err(FhirError::BadRequest(format!(
+                "'{k}' has no place in the condition '{query}'"
+            )));
+        }
+        let limit = limit.max(1) as i64;
+        params.push(("_count".into(), limit.to_string()));
+        let opts = ParseOptions {
+            default_count: limit,
+            max_count: limit,
+            strict: true,
+            base_url: self.base(),
+        };
+        let mut q = search::parse(vec![ty.to_string()], &params, &opts)?;
+        q.visible = self
+            .access
+            .visibility(Perm::Search, fhir::ENABLED_TYPES.iter().copied());
+        let page = store::search::run(conn, self.engine.store.backend(), &q, None)?;
+        Ok(page.matches.into_iter().map(|h| h.res_id).collect())
+    }
+
+    /// update (or update-as-create) of `ty/id`; with `if_match`, only of that version.
+    pub fn update(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> FhirResult<Written> {
+        self.update_as(conn, ty, id, resource, if_match, Interaction::Update)
+    }
+
+    fn update_as(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+        interaction: Interaction,
+    ) -> FhirResult<Written> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        let rule = rule(self.access, Perm::Update, ty)?;
+        check_update_body(ty, id, &resource)?;
+        admit(&rule, ty, id, &resource, self.base(), "writing")?;
+        let prev = store::current_for_update(conn, ty, id)?;
+        admit_current(conn, &rule, prev.as_ref(), ty, id, self.base(), "updating")?;
+        check_if_match(if_match, prev.as_ref(), ty, id)?;
+        let created = prev.as_ref().is_none_or(|p| p.deleted != 0);
+        let stored = write_version(
+            conn,
+            self.base(),
+            prev.as_ref(),
+            ty,
+            id,
+            "PUT",
+            Some(resource),
+        )?;
+        let status = if created { 201 } else { 200 };
+        let seed = self.seed_for(interaction);
+        audit_write(
+            conn,
+            seed.as_ref(),
+            self.base(),
+            status,
+            Some(&stored),
+            ty,
+            id,
+        )?;
+        Ok(Written { stored, created })
+    }
+
+    /// Conditional update (`PUT [type]?search`): the single match is updated; no match creates (with
+    /// the body's id if it has one); several matches are a 412.
+    pub fn conditional_update(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        cond: &str,
+        mut resource: Value,
+    ) -> FhirResult<Written> {
+        let body_id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let id = match self.existing_match(conn, ty, cond, "The conditional update")? {
+            Some(found) => {
+                if body_id.as_ref().is_some_and(|b| *b != found.id) {
+                    return Err(FhirError::invalid(
+                        format!(
+                            "the body's id '{}' differs from the match {ty}/{}",
+                            body_id.unwrap_or_default(),
+                            found.id
+                        ),
+                        format!("{ty}.id"),
+                    ));
+                }
+                found.id
+            }
+            None => body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        };
+        resource["id"] = Value::String(id.clone());
+        self.update(conn, ty, &id, resource, None)
+    }
+
+    /// patch: `patch` applied to the current version; the result is validated like any update.
+    pub fn patch(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        id: &str,
+        patch: &Patch,
+        if_match: Option<i64>,
+    ) -> FhirResult<Written> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        rule(self.access, Perm::Update, ty)?;
+        if !fhir::valid_id(id) {
+            return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
+        }
+        // The row is locked first, so the version patched stays current until this commits.
+        store::current_for_update(conn, ty, id)?;
+        let current = match store::version(conn, ty, id, None)? {
+            None => return Err(FhirError::NotFound(format!("{ty}/{id} is not known"))),
+            Some(r) if r.is_deleted() => {
+                return Err(FhirError::Gone(format!("{ty}/{id} was deleted")))
+            }
+            Some(r) => r,
+        };
+        if let Some(v) = if_match {
+            if v != current.version {
+                return Err(FhirError::PreconditionFailed(format!(
+                    "If-Match asks for version {v} of {ty}/{id}, but the current version is {}",
+                    current.version
+                )));
+            }
+        }
+        let before: Value = serde_json::from_str(&current.content)
+            .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+        let after = patch.apply(before)?;
+        if body_type(&after) != ty || after.get("id").and_then(Value::as_str) != Some(id) {
+            return Err(FhirError::Unprocessable(format!(
+                "a patch may not change the resource type or id of {ty}/{id}"
+            )));
+        }
+        let after = fhir::check_resource(&after).map_err(|e| {
+            FhirError::Unprocessable(format!("the patched {ty}/{id} is not valid: {e}"))
+        })?;
+        self.update_as(
+            conn,
+            ty,
+            id,
+            after,
+            Some(current.version),
+            Interaction::Patch,
+        )
+    }
+
+    /// delete: a tombstone (None when there was nothing to delete). With referential integrity on,
+    /// a resource others still reference is kept (409) unless `cascade` deletes them first.
+    pub fn delete(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        id: &str,
+        if_match: Option<i64>,
+        cascade: bool,
+    ) -> FhirResult<Option<Written>> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        let rule = rule(self.access, Perm::Delete, ty)?;
+        if !fhir::valid_id(id) {
+            return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
+        }
+        let prev = store::current_for_update(conn, ty, id)?;
+        admit_current(conn, &rule, prev.as_ref(), ty, id, self.base(), "deleting")?;
+        check_if_match(if_match, prev.as_ref(), ty, id)?;
+        let written = match prev {
+            Some(p) if p.deleted == 0 => {
+                if cascade {
+                    self.cascade(conn, ty, id, 0)?;
+                }
+                let stored = write_version(conn, self.base(), Some(&p), ty, id, "DELETE", None)?;
+                Some(Written {
+                    stored,
+                    created: false,
+                })
+            }
+            _ => None,
+        };
+        let stored = written.as_ref().map(|w| &w.stored);
+        let seed = self.seed_for(Interaction::Delete);
+        audit_write(conn, seed.as_ref(), self.base(), 204, stored, ty, id)?;
+        Ok(written)
+    }
+
+    /// Deletes what references `ty/id` (and, in turn, what references those), each as a delete the
+    /// caller's scopes must permit.
+    fn cascade(&self, conn: &mut DbConn, ty: &str, id: &str, depth: usize) -> FhirResult<()> {
+        if depth >= MAX_CASCADE_DEPTH {
+            return Err(FhirError::Conflict(format!(
+                "_cascade=delete reaches deeper than {MAX_CASCADE_DEPTH} levels of references"
+            )));
+        }
+        for (rt, rid) in integrity::referrers(conn, ty, id, MAX_CASCADE)? {
+            if rt == ty && rid == id {
+                continue;
+            }
+            if let Some(p) = store::current_for_update(conn, &rt, &rid)? {
+                if p.deleted == 0 {
+                    let rule = rule(self.access, Perm::Delete, &rt)?;
+                    admit_current(conn, &rule, Some(&p), &rt, &rid, self.base(), "deleting")?;
+                    self.cascade(conn, &rt, &rid, depth + 1)?;
+                    let s = write_version(conn, self.base(), Some(&p), &rt, &rid, "DELETE", None)?;
+                    let seed = self.seed_for(Interaction::Delete);
+                    audit_write(conn, seed.as_ref(), self.base(), 204, Some(&s), &rt, &rid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Conditional delete (`DELETE [type]?search`): every match, up to the configured cap (412 over
+    /// it, and nothing deleted). Returns what was deleted.
+    pub fn conditional_delete(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        cond: &str,
+        cascade: bool,
+    ) -> FhirResult<Vec<Written>> {
+        let max = self.engine.limits.conditional_delete_max;
+        let ids = self.matches(conn, ty, cond, max + 1)?;
+        if ids.len() > max {
+            return Err(FhirError::PreconditionFailed(format!(
+                "the conditional delete '{cond}' matches more than {max} {ty} resources \
+                 (CAIRN_CONDITIONAL_DELETE_MAX); nothing was deleted"
+            )));
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(w) = self.delete(conn, ty, &id, None, cascade)? {
+                out.push(w);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks, once every write of the transaction is done, that what it wrote refers only to
+    /// resources that exist, and that what it deleted is referenced by nothing live.
+    pub fn check_integrity(&self, conn: &mut DbConn, written: &[&Stored]) -> FhirResult<()> {
+        if !self.engine.limits.referential_integrity {
+            return Ok(());
+        }
+        integrity::check(conn, self.base(), written)
+    }
+
+    /// Reads `ty/id` (version `v`) inside the transaction, as the caller may.
+    pub fn read(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        id: &str,
+        v: Option<i64>,
+    ) -> FhirResult<Stored> {
+        ensure_type(ty)?;
+        let rule = rule(self.access, Perm::Read, ty)?;
+        if !fhir::valid_id(id) {
+            return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
+        }
+        let what = match v {
+            Some(v) => format!("{ty}/{id}/_history/{v}"),
+            None => format!("{ty}/{id}"),
+        };
+        match store::version(conn, ty, id, v)? {
+            None => Err(FhirError::NotFound(format!("{what} is not known"))),
+            Some(r) if r.is_deleted() => {
+                if rule != Rule::All {
+                    let last = store::version(conn, ty, id, Some(r.version - 1))?;
+                    let seen = last.and_then(|l| serde_json::from_str::<Value>(&l.content).ok());
+                    if !seen.is_some_and(|x| rule.admits(ty, id, &x, self.base())) {
+                        return Err(FhirError::Forbidden(format!(
+                            "{what} is outside what the access token may read"
+                        )));
+                    }
+                }
+                Err(FhirError::Gone(format!("{what} was deleted")))
+            }
+            Some(r) => {
+                if rule != Rule::All {
+                    let resource: Value = serde_json::from_str(&r.content)
+                        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+                    admit(&rule, ty, id, &resource, self.base(), "reading")?;
+                }
+                Ok(Stored::from_row(r))
+            }
+        }
+    }
+}
+
+/// How deep `_cascade=delete` follows references, and how many referrers it takes per resource.
+const MAX_CASCADE_DEPTH: usize = 8;
+const MAX_CASCADE: usize = 1000;
+
+/// The checks of an update's body against its URL: a valid id, the same type, the same id.
+pub(crate) fn check_update_body(ty: &str, id: &str, resource: &Value) -> FhirResult<()> {
+    if !fhir::valid_id(id) {
+        return Err(FhirError::invalid(
+            format!("'{id}' is not a valid FHIR id (1-64 of A-Z a-z 0-9 - .)"),
+            "id",
+        ));
+    }
+    if body_type(resource) != ty {
+        return Err(FhirError::invalid(
+            format!("the body is a {}, the URL says {ty}", body_type(resource)),
+            "resourceType",
+        ));
+    }
+    match resource.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => Ok(()),
+        Some(body_id) => Err(FhirError::invalid(
+            format!("the body's id '{body_id}' differs from the URL's '{id}'"),
+            format!("{ty}.id"),
+        )),
+        None => Err(FhirError::invalid(
+            "an update must carry the resource id in the body",
+            format!("{ty}.id"),
+        )),
+    }
+}
+
+/// Serializes conditional writes of the same condition until the transaction ends. SQLite's write
+/// transaction already holds the whole database; PostgreSQL takes an advisory lock on the
+/// condition's hash (the condition's parameters in a canonical order).
+fn lock_condition(conn: &mut DbConn, backend: Backend, ty: &str, cond: &str) -> FhirResult<()> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(cond.as_bytes())
+        .into_owned()
+        .collect();
+    pairs.sort();
+    let key = format!("{ty}?{pairs:?}");
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    store::advisory_xact_lock(conn, i64::from_be_bytes(first))
+}
