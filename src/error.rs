@@ -104,8 +104,15 @@ impl FhirError {
                 expression,
             } => FhirError::Invalid {
                 message: p(message),
+                // `Patient.name[0]` inside an entry is `Bundle.entry[3].resource.name[0]`.
                 expression: match (expression, path_prefix) {
-                    (Some(e), Some(pp)) => Some(format!("{pp}.{e}")),
+                    (Some(e), Some(pp)) => Some(match e.split_once('.') {
+                        Some((head, rest)) if head.starts_with(char::is_uppercase) => {
+                            format!("{pp}.{rest}")
+                        }
+                        _ if e.starts_with(char::is_uppercase) => pp.to_string(),
+                        _ => format!("{pp}.{e}"),
+                    }),
                     (e, _) => e,
                 },
             },

@@ -189,6 +189,14 @@ mod tests {
         let reg = registry();
         for t in ENABLED_TYPES {
             let params = reg.params(t).unwrap();
+            if let Some((_, only)) = ONLY.iter().find(|(ty, _)| ty == t) {
+                let mut have: Vec<&str> = params.keys().map(String::as_str).collect();
+                let mut want = only.to_vec();
+                have.sort();
+                want.sort();
+                assert_eq!(have, want, "{t} indexes exactly its listed parameters");
+                continue;
+            }
             for common in [
                 "_id",
                 "_lastUpdated",

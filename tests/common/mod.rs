@@ -3,11 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::PathBuf;
 use std::sync::mpsc;
 
 use cairn::auth::server::Mint;
-use cairn::config::{AuthArgs, DatabaseArgs, LogFormat, Settings};
+use cairn::config::{AuthArgs, DatabaseArgs, LogFormat, Settings, WriteArgs};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
 
@@ -67,6 +69,7 @@ pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
         pool_timeout_secs: 2,
         default_count: 50,
         max_count: 1000,
+        writes: WriteArgs::default(),
         auth: AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,
     }
