@@ -273,10 +273,26 @@ fn bad_input_is_refused_and_nothing_is_stored(app: &TestApp) {
     assert_eq!(app.get(&existing_path).json(), existing);
 }
 
-on_both_backends!(
-    official_examples_round_trip_through_json_and_xml,
-    bad_input_is_refused_and_nothing_is_stored,
-);
+on_both_backends!(bad_input_is_refused_and_nothing_is_stored);
+
+/// The examples refer to resources that are not in the set: loaded as a bulk load would be, with
+/// referential integrity off.
+fn examples_round_trip(backend: common::Backend) {
+    match common::spawn_app_with(backend, |s| s.writes.referential_integrity = false) {
+        Some(app) => official_examples_round_trip_through_json_and_xml(&app),
+        None => eprintln!("CAIRN_TEST_POSTGRES_URL is not set: PostgreSQL not tested"),
+    }
+}
+
+#[test]
+fn official_examples_round_trip_sqlite() {
+    examples_round_trip(common::Backend::Sqlite);
+}
+
+#[test]
+fn official_examples_round_trip_postgres() {
+    examples_round_trip(common::Backend::Postgres);
+}
 
 #[test]
 fn postgres_outage_gives_503_not_500() {

@@ -73,6 +73,8 @@ fn update_makes_versions_readable_by_vread_and_history(app: &TestApp) {
 }
 
 fn update_as_create_keeps_client_id_and_enforces_id_rules(app: &TestApp) {
+    let x = json!({"resourceType": "Patient", "id": "x"});
+    assert_eq!(app.json("PUT", "Patient/x", &x, &[]).status, 201);
     let goal = json!({"resourceType": "Goal", "id": "goal-phq9-remission", "lifecycleStatus": "active",
         "description": {"text": "PHQ-9 below 5"}, "subject": {"reference": "Patient/x"}});
     let r = app.json("PUT", "Goal/goal-phq9-remission", &goal, &[]);

@@ -642,7 +642,12 @@ fn system_and_compartment_searches(app: &TestApp) {
     assert_finds(app, "Patient/ana/CarePlan?status=active", &["cp-ana"]);
     app.get("Patient/ben/Practitioner").outcome(404);
     // Deleted resources leave the index.
-    assert_eq!(app.send("DELETE", "Goal/g-ben", &[], None).status, 204);
+    // cp-ben refers to the goal: deleted with it.
+    assert_eq!(
+        app.send("DELETE", "Goal/g-ben?_cascade=delete", &[], None)
+            .status,
+        204
+    );
     assert_finds(app, "Goal?patient=ben", &[]);
     // An update moves the index with it.
     let mut g = app.get("Goal/g-ana-sleep").json();
