@@ -123,6 +123,7 @@ fn main() -> Result<(), String> {
         pool_timeout_secs: 10,
         default_count: 50,
         max_count: 1000,
+        writes: cairn::config::WriteArgs::default(),
         auth: cairn::config::AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,
     };

@@ -687,6 +687,32 @@ fn integrity_refuses_dangling_references_and_referenced_deletes(app: &TestApp) {
             .status,
         410
     );
+    // In a transaction the refusal names the entry, and nothing of the Bundle is stored.
+    let entries = vec![
+        entry(
+            json!({"resourceType": "Patient", "identifier": ident(&s, "tx")}),
+            "POST",
+            "Patient",
+            Some(&urn()),
+        ),
+        entry(
+            observation(&s, "tx-o", "Patient/ghost"),
+            "POST",
+            "Observation",
+            Some(&urn()),
+        ),
+    ];
+    let r = app.json("POST", "", &bundle("transaction", entries), &[]);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("Bundle.entry[1]") && r.text().contains("Patient/ghost"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        app.all_entries(&format!("Patient?identifier={s}|tx")).len(),
+        0
+    );
     // Deleted targets count as missing.
     assert_eq!(
         app.json(
@@ -834,6 +860,7 @@ fn killed_mid_transaction_stores_all_or_nothing(backend: common::Backend) {
                 .set("Content-Type", "application/fhir+json")
                 .send_string(&body)
                 .map(|r| r.status())
+                .map_err(|e| e.to_string())
         }
     });
     // Long enough for the body to arrive and the transaction to be well under way.

@@ -356,12 +356,13 @@ fn check_overlaps(entries: &[Entry]) -> FhirResult<()> {
 fn transaction(cx: &Cx, conn: &mut DbConn, entries: &[Entry]) -> FhirResult<Vec<(usize, Done)>> {
     let of = |m: Method| entries.iter().filter(move |e| e.method == m);
     let mut done: Vec<(usize, Done)> = Vec::with_capacity(entries.len());
-    let mut touched: Vec<Stored> = Vec::new();
+    // What was written or deleted, with the entry that did it.
+    let mut touched: Vec<(Stored, &Entry)> = Vec::new();
 
     // 1. DELETE
     for e in of(Method::Delete) {
         let gone = delete(cx, conn, e).map_err(|err| e.fail(err))?;
-        touched.extend(gone.iter().cloned());
+        touched.extend(gone.iter().map(|s| (s.clone(), e)));
         done.push((e.index, Done::Deleted));
     }
 
@@ -380,13 +381,46 @@ fn transaction(cx: &Cx, conn: &mut DbConn, entries: &[Entry]) -> FhirResult<Vec<
         slots.insert(e.index, slot);
     }
 
-    // 3. POST, then PUT and PATCH, with references rewritten.
-    for m in [Method::Post, Method::Put, Method::Patch] {
+    // 3. POST (new resources stored together), then PUT and PATCH, with references rewritten.
+    let mut fresh = Vec::new();
+    let mut fresh_at: Vec<&Entry> = Vec::new();
+    for e in of(Method::Post) {
+        let slot = &slots[&e.index];
+        if let Some(existing) = &slot.existing {
+            cx.note_existing(conn, existing)
+                .map_err(|err| e.fail(err))?;
+            done.push((
+                e.index,
+                Done::Written {
+                    stored: existing.clone(),
+                    status: 200,
+                },
+            ));
+            continue;
+        }
+        let mut resource = e.resource.clone().unwrap_or(Value::Null);
+        rewrite(cx, conn, &mut resource, &ids).map_err(|err| e.fail(err))?;
+        cx.check_create(&slot.ty, &slot.id, &resource)
+            .map_err(|err| e.fail(err))?;
+        fresh.push((slot.ty.clone(), slot.id.clone(), resource));
+        fresh_at.push(e);
+    }
+    for (e, stored) in fresh_at.into_iter().zip(cx.create_many(conn, fresh)?) {
+        touched.push((stored.clone(), e));
+        done.push((
+            e.index,
+            Done::Written {
+                stored,
+                status: 201,
+            },
+        ));
+    }
+    for m in [Method::Put, Method::Patch] {
         for e in of(m) {
             let slot = &slots[&e.index];
             let d = write(cx, conn, e, slot, &ids).map_err(|err| e.fail(err))?;
             if let Done::Written { stored, .. } = &d {
-                touched.push(stored.clone());
+                touched.push((stored.clone(), e));
             }
             done.push((e.index, d));
         }
@@ -399,8 +433,14 @@ fn transaction(cx: &Cx, conn: &mut DbConn, entries: &[Entry]) -> FhirResult<Vec<
     }
 
     // 5. What was written refers to what exists; what was deleted is referenced by nothing.
-    let refs: Vec<&Stored> = touched.iter().collect();
-    cx.check_integrity(conn, &refs)?;
+    let named: Vec<(&Stored, String)> = touched
+        .iter()
+        .map(|(s, e)| {
+            let name = format!("Bundle.entry[{}] ({}/{})", e.index, s.resource_type, s.id);
+            (s, name)
+        })
+        .collect();
+    cx.check_integrity_named(conn, &named)?;
     Ok(done)
 }
 
@@ -506,20 +546,6 @@ fn write(
     rewrite(cx, conn, &mut resource, ids)?;
     let (ty, id) = (slot.ty.as_str(), slot.id.as_str());
     match e.method {
-        Method::Post => {
-            if let Some(existing) = &slot.existing {
-                cx.note_existing(conn, existing)?;
-                return Ok(Done::Written {
-                    stored: existing.clone(),
-                    status: 200,
-                });
-            }
-            let w = cx.create(conn, ty, id, resource, None)?;
-            Ok(Done::Written {
-                stored: w.stored,
-                status: 201,
-            })
-        }
         Method::Put => {
             if e.parts().1.is_some() {
                 resource["id"] = Value::String(id.to_string());

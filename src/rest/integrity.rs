@@ -74,11 +74,12 @@ fn local(reference: &str, base: &str) -> Option<(String, String)> {
 }
 
 /// 422 naming the first reference of `written` whose target does not exist (or is deleted); 409
-/// naming a few referrers of the first deleted resource something live still references.
-pub fn check(conn: &mut DbConn, base: &str, written: &[&Stored]) -> FhirResult<()> {
+/// naming a few referrers of the first deleted resource something live still references. Each
+/// written version comes with the name its errors give it (`Observation/1`, or a Bundle entry).
+pub fn check(conn: &mut DbConn, base: &str, written: &[(&Stored, String)]) -> FhirResult<()> {
     // Targets by type, with the first place each is referred to from.
     let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for s in written {
+    for (s, name) in written {
         let Some(content) = &s.content else { continue };
         let v: Value = serde_json::from_str(content)
             .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
@@ -87,7 +88,7 @@ pub fn check(conn: &mut DbConn, base: &str, written: &[&Stored]) -> FhirResult<(
                 .entry(t)
                 .or_default()
                 .entry(id)
-                .or_insert_with(|| format!("{path} of {}/{}", s.resource_type, s.id));
+                .or_insert_with(|| format!("{path} of {name}"));
         }
     }
     for (t, ids) in &wanted {
@@ -104,14 +105,12 @@ pub fn check(conn: &mut DbConn, base: &str, written: &[&Stored]) -> FhirResult<(
             )));
         }
     }
-    for s in written.iter().filter(|s| s.content.is_none()) {
+    for (s, name) in written.iter().filter(|(s, _)| s.content.is_none()) {
         let hits = referrers(conn, &s.resource_type, &s.id, LISTED)?;
         if !hits.is_empty() {
             let names: Vec<String> = hits.iter().map(|(t, i)| format!("{t}/{i}")).collect();
             return Err(FhirError::Conflict(format!(
-                "{}/{} is still referenced by {}; delete those first, or ask for _cascade=delete",
-                s.resource_type,
-                s.id,
+                "{name} is still referenced by {}; delete those first, or ask for _cascade=delete",
                 names.join(", ")
             )));
         }

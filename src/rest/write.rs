@@ -80,6 +80,45 @@ impl Cx<'_> {
         })
     }
 
+    /// The checks of `create` (type, scopes, compartment), without writing.
+    pub fn check_create(&self, ty: &str, id: &str, resource: &Value) -> FhirResult<()> {
+        ensure_type(ty)?;
+        ensure_writable(ty)?;
+        let rule = rule(self.access, Perm::Create, ty)?;
+        if body_type(resource) != ty {
+            return Err(FhirError::invalid(
+                format!("the body is a {}, the URL says {ty}", body_type(resource)),
+                "resourceType",
+            ));
+        }
+        admit(&rule, ty, id, resource, self.base(), "creating")
+    }
+
+    /// Stores new resources (each passed `check_create`) together: the rows `create` writes, in
+    /// multi-row statements, and an AuditEvent for each.
+    pub fn create_many(
+        &self,
+        conn: &mut DbConn,
+        items: Vec<(String, String, Value)>,
+    ) -> FhirResult<Vec<Stored>> {
+        let prepared = items
+            .into_iter()
+            .map(|(ty, id, r)| super::Prepared::new(self.base(), &ty, &id, r))
+            .collect::<FhirResult<Vec<_>>>()?;
+        let stored = super::write_new_versions(conn, prepared)?;
+        if let Some(seed) = self.seed_for(Interaction::Create) {
+            let events = stored
+                .iter()
+                .map(|s| seed.event(201, crate::audit::written_entities(s, self.base())))
+                .collect();
+            crate::audit::record_in(conn, self.base(), events).map_err(|e| {
+                tracing::error!(error = %e, "the audit records of a transaction could not be stored");
+                FhirError::Unavailable("the audit log is unavailable, so nothing was written".into())
+            })?;
+        }
+        Ok(stored)
+    }
+
     /// The AuditEvent of a conditional create that found its match (200, nothing written).
     pub fn note_existing(&self, conn: &mut DbConn, existing: &Stored) -> FhirResult<()> {
         let seed = self.seed_for(Interaction::Create);
@@ -431,6 +470,19 @@ impl Cx<'_> {
     /// Checks, once every write of the transaction is done, that what it wrote refers only to
     /// resources that exist, and that what it deleted is referenced by nothing live.
     pub fn check_integrity(&self, conn: &mut DbConn, written: &[&Stored]) -> FhirResult<()> {
+        let named: Vec<(&Stored, String)> = written
+            .iter()
+            .map(|s| (*s, format!("{}/{}", s.resource_type, s.id)))
+            .collect();
+        self.check_integrity_named(conn, &named)
+    }
+
+    /// `check_integrity`, with the name each version's errors give it (a Bundle entry, say).
+    pub fn check_integrity_named(
+        &self,
+        conn: &mut DbConn,
+        written: &[(&Stored, String)],
+    ) -> FhirResult<()> {
         if !self.engine.limits.referential_integrity {
             return Ok(());
         }

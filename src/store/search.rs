@@ -74,17 +74,102 @@ fn insert_rows<'a>(
         }
     }
     for (table, cols, rows) in by_table {
+        if let DbConn::Postgres(pg) = conn {
+            // One statement of constant size whatever the row count: the columns as arrays,
+            // unnested. PostgreSQL parses and plans a long VALUES list row by row.
+            insert_unnest(pg, table, cols, &rows)?;
+            continue;
+        }
         for chunk in rows.chunks(500) {
             let mut q = Sql::new(&format!("INSERT INTO {table} (rid, param, {cols}) VALUES "));
             for (i, (rid, e)) in chunk.iter().enumerate() {
                 if i > 0 {
                     q.push(", ");
                 }
-                values(&mut q, *rid, e);
+                q.push("(");
+                for (j, cell) in cells(*rid, e).into_iter().enumerate() {
+                    if j > 0 {
+                        q.push(", ");
+                    }
+                    match cell {
+                        Cell::Int(Some(v)) => q.int(v),
+                        Cell::Float(Some(v)) => q.float(v),
+                        Cell::Text(v) => q.text(&v),
+                        Cell::Int(None) | Cell::Float(None) => q.push("NULL"),
+                    };
+                }
+                q.push(")");
             }
             q.execute(conn)?;
         }
     }
+    Ok(())
+}
+
+/// One column value of an index row.
+enum Cell {
+    Int(Option<i64>),
+    Float(Option<f64>),
+    Text(String),
+}
+
+/// A column of index rows, for `unnest`.
+enum Column {
+    Ints(Vec<Option<i64>>),
+    Floats(Vec<Option<f64>>),
+    Texts(Vec<String>),
+}
+
+fn insert_unnest(
+    pg: &mut diesel::PgConnection,
+    table: &str,
+    cols: &str,
+    rows: &[(i64, &IndexEntry)],
+) -> FhirResult<()> {
+    use diesel::sql_types::{Array, Double, Nullable};
+    let mut columns: Vec<Column> = Vec::new();
+    for (n, (rid, e)) in rows.iter().enumerate() {
+        for (j, cell) in cells(*rid, e).into_iter().enumerate() {
+            if n == 0 {
+                columns.push(match cell {
+                    Cell::Int(_) => Column::Ints(Vec::with_capacity(rows.len())),
+                    Cell::Float(_) => Column::Floats(Vec::with_capacity(rows.len())),
+                    Cell::Text(_) => Column::Texts(Vec::with_capacity(rows.len())),
+                });
+            }
+            match (&mut columns[j], cell) {
+                (Column::Ints(c), Cell::Int(v)) => c.push(v),
+                (Column::Floats(c), Cell::Float(v)) => c.push(v),
+                (Column::Texts(c), Cell::Text(v)) => c.push(v),
+                _ => return Err(FhirError::Internal(format!("{table}: mixed column kinds"))),
+            }
+        }
+    }
+    let args: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = match c {
+                Column::Ints(_) => "bigint",
+                Column::Floats(_) => "float8",
+                Column::Texts(_) => "text",
+            };
+            format!("${}::{ty}[]", i + 1)
+        })
+        .collect();
+    let mut q = diesel::sql_query(format!(
+        "INSERT INTO {table} (rid, param, {cols}) SELECT * FROM unnest({})",
+        args.join(", ")
+    ))
+    .into_boxed::<diesel::pg::Pg>();
+    for c in columns {
+        q = match c {
+            Column::Ints(v) => q.bind::<Array<Nullable<BigInt>>, _>(v),
+            Column::Floats(v) => q.bind::<Array<Nullable<Double>>, _>(v),
+            Column::Texts(v) => q.bind::<Array<Text>, _>(v),
+        };
+    }
+    q.execute(pg)?;
     Ok(())
 }
 
@@ -113,69 +198,58 @@ fn columns(v: &IndexValue) -> (&'static str, &'static str) {
     }
 }
 
-/// The `(rid, param, …)` tuple of one entry.
-fn values(q: &mut Sql, rid: i64, e: &IndexEntry) {
-    q.push("(").int(rid).push(", ").text(&e.param);
-    let float = |q: &mut Sql, v: Option<f64>| {
-        match v {
-            Some(f) => q.push(", ").float(f),
-            None => q.push(", NULL"),
-        };
-    };
-    let int = |q: &mut Sql, v: Option<i64>| {
-        match v {
-            Some(i) => q.push(", ").int(i),
-            None => q.push(", NULL"),
-        };
-    };
-    let texts = |q: &mut Sql, vs: &[&String]| {
-        for v in vs {
-            q.push(", ").text(v);
-        }
+/// The `(rid, param, …)` columns of one entry's row.
+fn cells(rid: i64, e: &IndexEntry) -> Vec<Cell> {
+    let mut out = vec![Cell::Int(Some(rid)), Cell::Text(e.param.clone())];
+    let texts = |out: &mut Vec<Cell>, vs: &[&String]| {
+        out.extend(vs.iter().map(|v| Cell::Text((*v).clone())));
     };
     match &e.value {
-        IndexValue::String { norm, exact } => texts(q, &[norm, exact]),
+        IndexValue::String { norm, exact } => texts(&mut out, &[norm, exact]),
         IndexValue::Token {
             system,
             code,
             text_norm,
             type_system,
             type_code,
-        } => texts(q, &[system, code, text_norm, type_system, type_code]),
+        } => texts(&mut out, &[system, code, text_norm, type_system, type_code]),
         IndexValue::Reference {
             target_type,
             target_id,
             url,
             ident_system,
             ident_value,
-        } => texts(q, &[target_type, target_id, url, ident_system, ident_value]),
+        } => texts(
+            &mut out,
+            &[target_type, target_id, url, ident_system, ident_value],
+        ),
         IndexValue::Date { lo, hi } => {
-            int(q, Some(*lo));
-            int(q, Some(*hi));
+            out.push(Cell::Int(Some(*lo)));
+            out.push(Cell::Int(Some(*hi)));
         }
         IndexValue::Number { lo, hi } => {
-            float(q, Some(*lo));
-            float(q, Some(*hi));
+            out.push(Cell::Float(Some(*lo)));
+            out.push(Cell::Float(Some(*hi)));
         }
         IndexValue::Quantity(v) => {
-            float(q, Some(v.lo));
-            float(q, Some(v.hi));
-            texts(q, &[&v.system, &v.code]);
+            out.push(Cell::Float(Some(v.lo)));
+            out.push(Cell::Float(Some(v.hi)));
+            texts(&mut out, &[&v.system, &v.code]);
             let (clo, chi, unit) = match &v.canonical {
                 Some((lo, hi, unit)) => (Some(*lo), Some(*hi), unit.clone()),
                 None => (None, None, String::new()),
             };
-            float(q, clo);
-            float(q, chi);
-            q.push(", ").text(&unit);
+            out.push(Cell::Float(clo));
+            out.push(Cell::Float(chi));
+            out.push(Cell::Text(unit));
         }
-        IndexValue::Uri { value } => texts(q, &[value]),
+        IndexValue::Uri { value } => texts(&mut out, &[value]),
         IndexValue::Composite {
             system1,
             code1,
             second,
         } => {
-            texts(q, &[system1, code1]);
+            texts(&mut out, &[system1, code1]);
             let empty = String::new();
             let (mut s2, mut c2, mut t2) = (&empty, &empty, &empty);
             let (mut lo2, mut hi2, mut dlo2, mut dhi2) = (None, None, None, None);
@@ -190,14 +264,14 @@ fn values(q: &mut Sql, rid: i64, e: &IndexEntry) {
                 IndexValue::Date { lo, hi } => (dlo2, dhi2) = (Some(*lo), Some(*hi)),
                 _ => {}
             }
-            texts(q, &[s2, c2, t2]);
-            float(q, lo2);
-            float(q, hi2);
-            int(q, dlo2);
-            int(q, dhi2);
+            texts(&mut out, &[s2, c2, t2]);
+            out.push(Cell::Float(lo2));
+            out.push(Cell::Float(hi2));
+            out.push(Cell::Int(dlo2));
+            out.push(Cell::Int(dhi2));
         }
     }
-    q.push(")");
+    out
 }
 
 /// The table holding a parameter type's index rows.

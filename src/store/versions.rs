@@ -98,8 +98,28 @@ pub fn version(
 /// Appends brand-new resources of one type (first versions, such as a batch of AuditEvents) in a
 /// few statements; their row ids, in order.
 pub fn append_new_many(conn: &mut DbConn, news: &[NewVersion]) -> FhirResult<Vec<i64>> {
-    let mut found: std::collections::HashMap<(String, String), i64> =
-        std::collections::HashMap::new();
+    let found: std::collections::HashMap<(String, String), i64> = if let DbConn::Postgres(pg) = conn
+    {
+        append_new_unnest(pg, news)?.into_iter().collect()
+    } else {
+        append_new_values(conn, news)?
+    };
+    news.iter()
+        .map(|n| {
+            found
+                .get(&(n.res_type.clone(), n.res_id.clone()))
+                .copied()
+                .ok_or_else(|| FhirError::Internal(format!("row id of {} not found", n.res_id)))
+        })
+        .collect()
+}
+
+/// SQLite: the rows of `append_new_many` as multi-row VALUES statements.
+fn append_new_values(
+    conn: &mut DbConn,
+    news: &[NewVersion],
+) -> FhirResult<std::collections::HashMap<(String, String), i64>> {
+    let mut found = std::collections::HashMap::new();
     for chunk in news.chunks(400) {
         let mut cur_q = Sql::new(
             "INSERT INTO resources (res_type, res_id, version, last_updated, deleted) VALUES ",
@@ -154,14 +174,48 @@ pub fn append_new_many(conn: &mut DbConn, news: &[NewVersion]) -> FhirResult<Vec
         );
         hist_q.execute(conn)?;
     }
-    news.iter()
-        .map(|n| {
-            found
-                .get(&(n.res_type.clone(), n.res_id.clone()))
-                .copied()
-                .ok_or_else(|| FhirError::Internal(format!("row id of {} not found", n.res_id)))
-        })
-        .collect()
+    Ok(found)
+}
+
+/// PostgreSQL: the rows of `append_new_many` as unnested arrays, two statements of constant size.
+fn append_new_unnest(
+    pg: &mut diesel::PgConnection,
+    news: &[NewVersion],
+) -> FhirResult<Vec<((String, String), i64)>> {
+    use diesel::sql_types::{Array, BigInt, SmallInt, Text};
+    let col = |f: &dyn Fn(&NewVersion) -> String| news.iter().map(f).collect::<Vec<String>>();
+    let (types, ids) = (col(&|n| n.res_type.clone()), col(&|n| n.res_id.clone()));
+    let versions: Vec<i64> = news.iter().map(|n| n.version).collect();
+    let times: Vec<i64> = news.iter().map(|n| n.last_updated).collect();
+    let deleted: Vec<i16> = news.iter().map(|n| n.deleted).collect();
+    let rows: Vec<IdRid> = diesel::sql_query(
+        "INSERT INTO resources (res_type, res_id, version, last_updated, deleted) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::smallint[]) \
+         RETURNING res_type, res_id, rid",
+    )
+    .bind::<Array<Text>, _>(&types)
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&versions)
+    .bind::<Array<BigInt>, _>(&times)
+    .bind::<Array<SmallInt>, _>(&deleted)
+    .load(pg)?;
+    diesel::sql_query(
+        "INSERT INTO resource_history (res_type, res_id, version, last_updated, method, deleted, \
+         content) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], \
+         $5::text[], $6::smallint[], $7::text[])",
+    )
+    .bind::<Array<Text>, _>(&types)
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&versions)
+    .bind::<Array<BigInt>, _>(&times)
+    .bind::<Array<Text>, _>(col(&|n| n.method.clone()))
+    .bind::<Array<SmallInt>, _>(&deleted)
+    .bind::<Array<Text>, _>(col(&|n| n.content.clone()))
+    .execute(pg)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.res_type, r.res_id), r.rid))
+        .collect())
 }
 
 #[derive(QueryableByName)]
