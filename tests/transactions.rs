@@ -463,6 +463,28 @@ fn conditional_create_update_delete(app: &TestApp) {
         app.all_entries(&format!("Patient?identifier={s}|b")).len(),
         0
     );
+    // Matching nothing deletes nothing, and is audited all the same.
+    let t = app.token("system/AuditEvent.rs", None);
+    let audits = |app: &TestApp| {
+        app.send(
+            "GET",
+            "AuditEvent?subtype=delete&_summary=count",
+            &[("Authorization", &format!("Bearer {t}"))],
+            None,
+        )
+        .json()["total"]
+            .as_i64()
+            .unwrap()
+    };
+    let before = audits(app);
+    let r = app.send(
+        "DELETE",
+        &format!("Patient?identifier={s}|nobody"),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(audits(app), before + 1);
     // A conditional URL without parameters would match everything: refused.
     assert_eq!(app.send("DELETE", "Patient", &[], None).status, 412);
 }

@@ -458,6 +458,13 @@ impl Cx<'_> {
                  (CAIRN_CONDITIONAL_DELETE_MAX); nothing was deleted"
             )));
         }
+        if ids.is_empty() {
+            // Nothing to delete is still an interaction, and audited as one.
+            if let Some(seed) = self.seed_for(Interaction::Delete) {
+                let entities = vec![crate::audit::query_entity(&format!("{ty}?{cond}"))];
+                crate::audit::record_in(conn, self.base(), vec![seed.event(204, entities)])?;
+            }
+        }
         let mut out = Vec::new();
         for id in ids {
             if let Some(w) = self.delete(conn, ty, &id, None, cascade)? {
