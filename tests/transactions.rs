@@ -810,6 +810,151 @@ fn bundles_over_the_entry_cap_are_413(backend: common::Backend) {
     assert_eq!(found(&app, "Patient", &s), 0);
 }
 
+/// What a careless or hostile client might send: refused cleanly, nothing changed, no crash.
+fn hostile_and_ambiguous_requests_are_refused(app: &TestApp) {
+    let s = system();
+    let p = app.create(
+        &json!({"resourceType": "Patient", "identifier": ident(&s, "p"),
+        "name": [{"family": "Kim"}]}),
+    );
+    let pid = p["id"].as_str().unwrap();
+    let url = format!("Patient/{pid}");
+    // A FHIRPath Patch path nested too deep for the parser, and a JSON Patch that doubles the
+    // resource with every operation.
+    let deep = format!("{}Patient{}", "(".repeat(2000), ")".repeat(2000));
+    let fp = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": deep}]}]});
+    assert_eq!(app.json("PATCH", &url, &fp, &[]).status, 400);
+    let doubling: Vec<Value> = (0..40)
+        .map(|_| json!({"op": "copy", "from": "/name", "path": "/name/-"}))
+        .collect();
+    let r = app.send(
+        "PATCH",
+        &url,
+        &[("Content-Type", "application/json-patch+json")],
+        Some(Value::Array(doubling).to_string().as_bytes()),
+    );
+    assert!(r.status == 413 || r.status == 422, "{}", r.status);
+    assert_eq!(app.get(&url).json()["meta"]["versionId"], "1");
+    // A condition of result parameters only would match everything.
+    for q in ["_format=json", "_summary=count", "_pretty=true"] {
+        let r = app.send("DELETE", &format!("Patient?{q}"), &[], None);
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+    }
+    assert_eq!(app.get(&url).status, 200);
+    // No match, but the body names a resource that exists and did not match: 409, not overwritten.
+    let other = app.create(&json!({"resourceType": "Patient", "name": [{"family": "Other"}]}));
+    let body =
+        json!({"resourceType": "Patient", "id": other["id"], "identifier": ident(&s, "nomatch")});
+    let r = app.json(
+        "PUT",
+        &format!("Patient?identifier={s}|nomatch"),
+        &body,
+        &[],
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(
+        app.get(&format!("Patient/{}", other["id"].as_str().unwrap()))
+            .json()["meta"]["versionId"],
+        "1"
+    );
+    // Two entries resolving to one resource, and a urn: reference that stands for no entry.
+    let mut renamed = p.clone();
+    renamed["name"] = json!([{"family": "Twice"}]);
+    let entries = vec![
+        entry(renamed.clone(), "PUT", &url, None),
+        entry(renamed, "PUT", &format!("Patient?identifier={s}|p"), None),
+    ];
+    let r = app.json("POST", "", &bundle("transaction", entries), &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let entries = vec![entry(
+        observation(&s, "o", &urn()),
+        "POST",
+        "Observation",
+        None,
+    )];
+    let r = app.json("POST", "", &bundle("transaction", entries), &[]);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(app.get(&url).json()["meta"]["versionId"], "1");
+    // A cycle of references (two linked Patients) does not stop a cascade.
+    let a = app.create(&json!({"resourceType": "Patient"}));
+    let aid = a["id"].as_str().unwrap();
+    let b = app.create(&json!({"resourceType": "Patient",
+        "link": [{"other": {"reference": format!("Patient/{aid}")}, "type": "seealso"}]}));
+    let bid = b["id"].as_str().unwrap();
+    let mut a2 = a.clone();
+    a2["link"] = json!([{"other": {"reference": format!("Patient/{bid}")}, "type": "seealso"}]);
+    assert_eq!(
+        app.json("PUT", &format!("Patient/{aid}"), &a2, &[]).status,
+        200
+    );
+    assert_eq!(
+        app.send("DELETE", &format!("Patient/{aid}"), &[], None)
+            .status,
+        409
+    );
+    let r = app.send(
+        "DELETE",
+        &format!("Patient/{aid}?_cascade=delete"),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(app.get(&format!("Patient/{bid}")).status, 410);
+}
+
+/// A patient's token cannot probe another patient's data through PATCH: refused before the patch
+/// is tried, whatever the patch says.
+fn patch_does_not_probe_other_patients(app: &TestApp) {
+    let s = system();
+    let a = app.create(&json!({"resourceType": "Patient", "identifier": ident(&s, "a")}));
+    let b = app.create(&json!({"resourceType": "Patient", "identifier": ident(&s, "b")}));
+    let ob = app.create(&observation(
+        &s,
+        "ob",
+        &format!("Patient/{}", b["id"].as_str().unwrap()),
+    ));
+    let t = app.token("patient/Observation.rus", Some(a["id"].as_str().unwrap()));
+    let auth = format!("Bearer {t}");
+    for value in ["44261-6", "wrong-guess"] {
+        let test = json!([{"op": "test", "path": "/code/coding/0/code", "value": value}]);
+        let r = app.send(
+            "PATCH",
+            &format!("Observation/{}", ob["id"].as_str().unwrap()),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json-patch+json"),
+            ],
+            Some(test.to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 403, "{value}: {}", r.text());
+    }
+}
+
+/// A batch entry that fails still leaves its AuditEvent (its own transaction was rolled back).
+fn failed_batch_entries_are_audited(app: &TestApp) {
+    let ghost = format!("ghost-{}", uuid::Uuid::new_v4().simple());
+    let entries = vec![json!({"request": {"method": "GET", "url": format!("Patient/{ghost}")}})];
+    let b = app.json("POST", "", &bundle("batch", entries), &[]).json();
+    assert!(b["entry"][0]["response"]["status"]
+        .as_str()
+        .unwrap()
+        .starts_with("404"));
+    let t = app.token("system/AuditEvent.rs", None);
+    let r = app.send(
+        "GET",
+        &format!("AuditEvent?entity=Patient/{ghost}&outcome=4"),
+        &[("Authorization", &format!("Bearer {t}"))],
+        None,
+    );
+    assert_eq!(
+        r.json()["entry"].as_array().map_or(0, Vec::len),
+        1,
+        "{}",
+        r.text()
+    );
+}
+
 on_both_backends!(
     transaction_stores_everything_with_references_rewritten,
     a_failing_entry_rolls_back_everything,
@@ -823,6 +968,9 @@ on_both_backends!(
     patches_apply_validate_and_honour_if_match,
     integrity_refuses_dangling_references_and_referenced_deletes,
     a_transaction_of_1000_entries,
+    hostile_and_ambiguous_requests_are_refused,
+    patch_does_not_probe_other_patients,
+    failed_batch_entries_are_audited,
 );
 
 #[test]

@@ -194,6 +194,7 @@ fn note(req: &HttpRequest, st: &AppState, entities: impl FnOnce() -> Vec<Value>)
         req.extensions_mut().insert(AuditNote {
             entities: entities(),
             recorded: false,
+            interaction: None,
         });
     }
 }
@@ -203,6 +204,7 @@ fn recorded(req: &HttpRequest) {
     req.extensions_mut().insert(AuditNote {
         entities: vec![],
         recorded: true,
+        interaction: None,
     });
 }
 
@@ -383,11 +385,20 @@ pub async fn bundle(
     let format = body_format(&req)?;
     let body = read_body(&req, payload, st.max_body_size).await?;
     let bundle = fhir::parse_json_body(&body, format)?;
+    if st.auditor.is_some() && bundle.get("type").and_then(Value::as_str) == Some("batch") {
+        req.extensions_mut().insert(AuditNote {
+            interaction: Some(crate::audit::Interaction::Batch),
+            ..Default::default()
+        });
+    }
     let seed = st.audit_seed(&req, &caller.0);
     let answer = st
         .engine
         .process_bundle(&caller.0, seed.as_ref(), bundle)
         .await?;
+    if answer["type"] == "transaction-response" {
+        recorded(&req);
+    }
     send_value(HttpResponse::Ok(), out, &answer)
 }
 

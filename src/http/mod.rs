@@ -37,6 +37,9 @@ pub struct AppState {
 pub struct AuditNote {
     pub entities: Vec<serde_json::Value>,
     pub recorded: bool,
+    /// The interaction, when the method and path alone do not tell (a batch is POSTed where a
+    /// transaction is).
+    pub interaction: Option<audit::Interaction>,
 }
 
 impl AppState {
@@ -77,10 +80,14 @@ async fn record_audit(
         return Ok(res);
     }
     let access = res.request().extensions().get::<Access>().cloned();
-    let (interaction, target) = audit::infer(res.request().method().as_str(), res.request().path());
+    let (inferred, target) = audit::infer(res.request().method().as_str(), res.request().path());
+    let interaction = note
+        .as_ref()
+        .and_then(|n| n.interaction)
+        .unwrap_or(inferred);
     let entities = match note {
-        Some(n) => n.entities,
-        None => target.iter().map(|t| audit::resource_entity(t)).collect(),
+        Some(n) if !n.entities.is_empty() || n.interaction.is_none() => n.entities,
+        _ => target.iter().map(|t| audit::resource_entity(t)).collect(),
     };
     let seed = AuditSeed::new(
         interaction,

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::{now_micros, write::Cx, Engine, Patch, SearchScope, Stored};
 use crate::audit::{AuditSeed, Interaction};
-use crate::auth::Access;
+use crate::auth::{Access, Perm};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, format_instant};
 use crate::store::DbConn;
@@ -138,12 +138,15 @@ impl Engine {
                     .enumerate()
                     .map(|(i, e)| self.entry(i, e))
                     .collect::<FhirResult<Vec<_>>>()?;
-                check_overlaps(&entries)?;
                 let entries = Arc::new(entries);
                 let n = entries.len();
                 let done = self
                     .in_transaction(access, audit, move |cx, conn| {
-                        transaction(cx, conn, &entries)
+                        let done = transaction(cx, conn, &entries)?;
+                        // The Bundle's own AuditEvent commits with it: an answer that the
+                        // transaction is stored is never lost to a later audit failure.
+                        cx.audit_event(conn, Interaction::Transaction, 200, vec![])?;
+                        Ok(done)
                     })
                     .await?;
                 Ok(self.response("transaction-response", n, done))
@@ -162,6 +165,10 @@ impl Engine {
                         }
                         Err(e) => Err(e),
                     };
+                    if let Err(err) = &result {
+                        // The entry's own AuditEvent went with its rolled-back transaction.
+                        self.audit_failed_entry(audit, e, err.status()).await?;
+                    }
                     out.push((i, result));
                 }
                 Ok(self.batch_response(out))
@@ -173,6 +180,43 @@ impl Engine {
                 "Bundle.type",
             )),
         }
+    }
+
+    /// The AuditEvent of a batch entry that failed: the interaction and resource its request names,
+    /// and its status, stored on its own.
+    async fn audit_failed_entry(
+        &self,
+        audit: Option<&AuditSeed>,
+        raw: &Value,
+        status: u16,
+    ) -> FhirResult<()> {
+        let Some(seed) = audit else { return Ok(()) };
+        let request = &raw["request"];
+        let method = request["method"].as_str().unwrap_or_default();
+        let url = request["url"].as_str().unwrap_or_default();
+        let url = url.strip_prefix(&self.base_url).unwrap_or(url);
+        let path = url
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches('/');
+        let (interaction, target) = crate::audit::infer(method, &format!("/fhir/{path}"));
+        let entities = match target {
+            Some(t) => vec![crate::audit::resource_entity(&t)],
+            None if !url.is_empty() && url.len() <= 2000 => {
+                vec![crate::audit::query_entity(url.trim_start_matches('/'))]
+            }
+            None => vec![],
+        };
+        let event = seed.with_interaction(interaction).event(status, entities);
+        let base = self.base_url.clone();
+        self.store
+            .write(move |conn| crate::audit::record_in(conn, &base, vec![event]))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "the audit record of a failed batch entry could not be stored");
+                FhirError::Unavailable("the audit log is unavailable".into())
+            })
     }
 
     /// Checks one raw entry: its request, and its resource as strictly as a request body.
@@ -333,24 +377,6 @@ fn status_line(code: u16) -> String {
     format!("{code} {reason}").trim_end().to_string()
 }
 
-/// The spec: a transaction naming the same resource in two entries fails.
-fn check_overlaps(entries: &[Entry]) -> FhirResult<()> {
-    let mut seen = HashSet::new();
-    for e in entries {
-        if e.method == Method::Get || e.parts().1.is_some() {
-            continue;
-        }
-        if let [t, id] = e.segments().as_slice() {
-            if !seen.insert(format!("{t}/{id}")) {
-                return Err(e.fail(FhirError::BadRequest(format!(
-                    "{t}/{id} is the target of more than one entry of this transaction"
-                ))));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Runs `entries` in the spec's order inside the caller's transaction; returns what each did,
 /// with its index.
 fn transaction(cx: &Cx, conn: &mut DbConn, entries: &[Entry]) -> FhirResult<Vec<(usize, Done)>> {
@@ -359,9 +385,23 @@ fn transaction(cx: &Cx, conn: &mut DbConn, entries: &[Entry]) -> FhirResult<Vec<
     // What was written or deleted, with the entry that did it.
     let mut touched: Vec<(Stored, &Entry)> = Vec::new();
 
+    // Every resource an entry deletes or writes, once (the spec: identities, resolved ones
+    // included, must not overlap).
+    let mut identities: HashSet<(String, String)> = HashSet::new();
+    let overlap = |e: &Entry, t: &str, id: &str| {
+        e.fail(FhirError::BadRequest(format!(
+            "{t}/{id} is the target of more than one entry of this transaction"
+        )))
+    };
+
     // 1. DELETE
     for e in of(Method::Delete) {
         let gone = delete(cx, conn, e).map_err(|err| e.fail(err))?;
+        for s in &gone {
+            if !identities.insert((s.resource_type.clone(), s.id.clone())) {
+                return Err(overlap(e, &s.resource_type, &s.id));
+            }
+        }
         touched.extend(gone.iter().map(|s| (s.clone(), e)));
         done.push((e.index, Done::Deleted));
     }
@@ -370,13 +410,30 @@ fn transaction(cx: &Cx, conn: &mut DbConn, entries: &[Entry]) -> FhirResult<Vec<
     //    the fullUrl each new identity stands for.
     let mut slots: HashMap<usize, Slot> = HashMap::new();
     let mut ids: HashMap<String, String> = HashMap::new();
+    let mut conditions: HashSet<(String, String)> = HashSet::new();
     for e in entries
         .iter()
         .filter(|e| e.method != Method::Get && e.method != Method::Delete)
     {
+        if let (Method::Post, Some(cond)) = (e.method, &e.if_none_exist) {
+            if !conditions.insert((e.url.clone(), cond.clone())) {
+                return Err(e.fail(FhirError::BadRequest(format!(
+                    "two entries create {} under the same ifNoneExist '{cond}'",
+                    e.url
+                ))));
+            }
+        }
         let slot = slot(cx, conn, e).map_err(|err| e.fail(err))?;
+        if !identities.insert((slot.ty.clone(), slot.id.clone())) {
+            return Err(overlap(e, &slot.ty, &slot.id));
+        }
         if let Some(fu) = &e.full_url {
-            ids.insert(fu.clone(), format!("{}/{}", slot.ty, slot.id));
+            let to = format!("{}/{}", slot.ty, slot.id);
+            if ids.insert(fu.clone(), to).is_some() {
+                return Err(e.fail(FhirError::BadRequest(format!(
+                    "the fullUrl {fu} is used by more than one entry"
+                ))));
+            }
         }
         slots.insert(e.index, slot);
     }
@@ -479,6 +536,7 @@ fn slot(cx: &Cx, conn: &mut DbConn, e: &Entry) -> FhirResult<Slot> {
                     "resourceType",
                 ));
             }
+            super::rule(cx.access, Perm::Create, t)?;
             let existing = match &e.if_none_exist {
                 Some(cond) => cx.existing_match(conn, t, cond, "ifNoneExist")?,
                 None => None,
@@ -499,15 +557,8 @@ fn slot(cx: &Cx, conn: &mut DbConn, e: &Entry) -> FhirResult<Slot> {
             existing: None,
         }),
         (Method::Put, [t], Some(q)) => {
-            let found = cx.existing_match(conn, t, q, "The conditional update")?;
-            let body_id = resource
-                .and_then(|r| r.get("id"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let id = match found {
-                Some(s) => s.id,
-                None => body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-            };
+            let body_id = resource.and_then(|r| r.get("id")).and_then(Value::as_str);
+            let id = cx.conditional_update_id(conn, t, q, body_id)?;
             Ok(Slot {
                 ty: t.to_string(),
                 id,
@@ -605,18 +656,33 @@ fn rewrite_object(
                     if let Some(to) = conditional_reference(cx, conn, s)? {
                         *s = to;
                     }
-                } else if k == "div" {
-                    for (from, to) in ids.iter().filter(|(f, _)| f.starts_with("urn:")) {
-                        if s.contains(from.as_str()) {
-                            *s = s.replace(from.as_str(), to);
-                        }
-                    }
+                } else if k == "div" && s.contains("urn:") {
+                    *s = rewrite_narrative(s, ids);
                 }
             }
             other => rewrite(cx, conn, other, ids)?,
         }
     }
     Ok(())
+}
+
+/// The narrative with each `urn:uuid:…` / `urn:oid:…` that is an entry's fullUrl replaced by its
+/// reference: one pass over the text, whatever the number of entries.
+fn rewrite_narrative(div: &str, ids: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(div.len());
+    let mut rest = div;
+    while let Some(at) = rest.find("urn:") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c == '"' || c == '\'' || c == '<' || c == '>' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let token = &tail[..end];
+        out.push_str(ids.get(token).map_or(token, String::as_str));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `Type?search` resolved to `Type/id`; None for anything else. No match, or several, is a 412.

@@ -11,23 +11,37 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::store::{self, DbConn};
 
+/// `(path, Type, id)` of a local reference; `(path, urn)` of a `urn:` one.
+type LocalRef = (String, String, String);
+type UrnRef = (String, String);
+
 /// How many referrers a refused delete lists.
 const LISTED: usize = 5;
 
 /// The local references in `resource`: `(path, Type, id)`, e.g. `("CarePlan.subject", "Patient",
 /// "p1")`. `base` is the server's own base URL (absolute references to it are local).
-pub fn local_references(resource: &Value, base: &str) -> Vec<(String, String, String)> {
+pub fn local_references(resource: &Value, base: &str) -> Vec<LocalRef> {
+    references(resource, base).0
+}
+
+/// The local references, and the `urn:uuid:` / `urn:oid:` ones `(path, urn)`: those stand for
+/// entries of a transaction, and one left after the rewriting stands for nothing.
+fn references(
+    resource: &Value,
+    base: &str,
+) -> (Vec<(String, String, String)>, Vec<(String, String)>) {
     let mut out = Vec::new();
+    let mut urns = Vec::new();
     let root = resource
         .get("resourceType")
         .and_then(Value::as_str)
         .unwrap_or("Resource")
         .to_string();
-    walk(resource, &root, base, &mut out);
-    out
+    walk(resource, &root, base, &mut out, &mut urns);
+    (out, urns)
 }
 
-fn walk(v: &Value, path: &str, base: &str, out: &mut Vec<(String, String, String)>) {
+fn walk(v: &Value, path: &str, base: &str, out: &mut Vec<LocalRef>, urns: &mut Vec<UrnRef>) {
     match v {
         Value::Object(m) => {
             for (k, child) in m {
@@ -37,17 +51,20 @@ fn walk(v: &Value, path: &str, base: &str, out: &mut Vec<(String, String, String
                 }
                 let p = format!("{path}.{k}");
                 if k == "reference" {
-                    if let Some((t, id)) = child.as_str().and_then(|r| local(r, base)) {
+                    let r = child.as_str().unwrap_or_default();
+                    if let Some((t, id)) = local(r, base) {
                         out.push((p, t, id));
+                    } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+                        urns.push((p, r.to_string()));
                     }
                 } else {
-                    walk(child, &p, base, out);
+                    walk(child, &p, base, out, urns);
                 }
             }
         }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk(item, &format!("{path}[{i}]"), base, out);
+                walk(item, &format!("{path}[{i}]"), base, out, urns);
             }
         }
         _ => {}
@@ -76,14 +93,46 @@ fn local(reference: &str, base: &str) -> Option<(String, String)> {
 /// 422 naming the first reference of `written` whose target does not exist (or is deleted); 409
 /// naming a few referrers of the first deleted resource something live still references. Each
 /// written version comes with the name its errors give it (`Observation/1`, or a Bundle entry).
-pub fn check(conn: &mut DbConn, base: &str, written: &[(&Stored, String)]) -> FhirResult<()> {
+/// `listable(type)`: whether the caller may see every resource of the type (referrers it may not
+/// see are counted, not named).
+pub fn check(
+    conn: &mut DbConn,
+    base: &str,
+    written: &[(&Stored, String)],
+    listable: &dyn Fn(&str) -> bool,
+) -> FhirResult<()> {
     // Targets by type, with the first place each is referred to from.
     let mut wanted: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (s, name) in written {
         let Some(content) = &s.content else { continue };
         let v: Value = serde_json::from_str(content)
             .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
-        for (path, t, id) in local_references(&v, base) {
+        let (refs, urns) = references(&v, base);
+        if let Some((path, urn)) = urns.first() {
+            return Err(FhirError::Unprocessable(format!(
+                "{path} of {name} refers to {urn}, which no entry of the transaction stands for \
+                 (referential integrity)"
+            )));
+        }
+        // An update is held only to the references it adds: one its previous version already
+        // had (to something since deleted) does not block unrelated changes.
+        let before: BTreeSet<(String, String)> = match s.version {
+            1 => BTreeSet::new(),
+            v => store::version(conn, &s.resource_type, &s.id, Some(v - 1))?
+                .filter(|r| !r.is_deleted())
+                .and_then(|r| serde_json::from_str::<Value>(&r.content).ok())
+                .map(|old| {
+                    local_references(&old, base)
+                        .into_iter()
+                        .map(|(_, t, id)| (t, id))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for (path, t, id) in refs {
+            if before.contains(&(t.clone(), id.clone())) {
+                continue;
+            }
             wanted
                 .entry(t)
                 .or_default()
@@ -95,7 +144,7 @@ pub fn check(conn: &mut DbConn, base: &str, written: &[(&Stored, String)]) -> Fh
         let list: Vec<String> = ids.keys().cloned().collect();
         let mut live = BTreeSet::new();
         for chunk in list.chunks(500) {
-            for hit in store::search::hits_by_ids(conn, t, chunk)? {
+            for hit in store::search::live_locked(conn, t, chunk)? {
                 live.insert(hit.res_id);
             }
         }
@@ -108,7 +157,17 @@ pub fn check(conn: &mut DbConn, base: &str, written: &[(&Stored, String)]) -> Fh
     for (s, name) in written.iter().filter(|(s, _)| s.content.is_none()) {
         let hits = referrers(conn, &s.resource_type, &s.id, LISTED)?;
         if !hits.is_empty() {
-            let names: Vec<String> = hits.iter().map(|(t, i)| format!("{t}/{i}")).collect();
+            let mut names: Vec<String> = hits
+                .iter()
+                .filter(|(t, _)| listable(t))
+                .map(|(t, i)| format!("{t}/{i}"))
+                .collect();
+            let hidden = hits.len() - names.len();
+            if hidden > 0 {
+                names.push(format!(
+                    "{hidden} resource(s) outside what the token may read"
+                ));
+            }
             return Err(FhirError::Conflict(format!(
                 "{name} is still referenced by {}; delete those first, or ask for _cascade=delete",
                 names.join(", ")

@@ -9,6 +9,13 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::search::fhirpath;
 
+/// Limits on what a patch may ask: its paths are parsed recursively, and a JSON Patch `copy` can
+/// double the document each time.
+const MAX_PATH_LEN: usize = 512;
+const MAX_PATH_NESTING: usize = 16;
+const MAX_OPERATIONS: usize = 1000;
+const MAX_PATCHED_SIZE: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub enum Patch {
     Json(json_patch::Patch),
@@ -38,9 +45,14 @@ enum Step {
 impl Patch {
     /// A JSON Patch document: an array of operations.
     pub fn json(body: &Value) -> FhirResult<Patch> {
-        serde_json::from_value::<json_patch::Patch>(body.clone())
-            .map(Patch::Json)
-            .map_err(|e| FhirError::BadRequest(format!("not a valid JSON Patch document: {e}")))
+        let p = serde_json::from_value::<json_patch::Patch>(body.clone())
+            .map_err(|e| FhirError::BadRequest(format!("not a valid JSON Patch document: {e}")))?;
+        if p.0.len() > MAX_OPERATIONS {
+            return Err(FhirError::BadRequest(format!(
+                "a patch may hold at most {MAX_OPERATIONS} operations"
+            )));
+        }
+        Ok(Patch::Json(p))
     }
 
     /// A FHIRPath Patch: `Parameters` with one `operation` parameter per operation.
@@ -65,10 +77,10 @@ impl Patch {
             }
             ops.push(FpOp::parse(p, i)?);
         }
-        if ops.is_empty() {
-            return Err(FhirError::BadRequest(
-                "the FHIRPath Patch has no operations".into(),
-            ));
+        if ops.is_empty() || ops.len() > MAX_OPERATIONS {
+            return Err(FhirError::BadRequest(format!(
+                "a FHIRPath Patch holds 1 to {MAX_OPERATIONS} operations"
+            )));
         }
         Ok(Patch::FhirPath(ops))
     }
@@ -110,9 +122,24 @@ impl Patch {
     pub fn apply(&self, mut doc: Value) -> FhirResult<Value> {
         match self {
             Patch::Json(p) => {
-                json_patch::patch(&mut doc, &p.0).map_err(|e| {
-                    FhirError::Unprocessable(format!("the JSON Patch does not apply: {e}"))
-                })?;
+                // One operation at a time, so a document that grows past the limit stops at once
+                // (the copy is discarded on any error, which keeps the patch atomic).
+                for (i, op) in p.0.iter().enumerate() {
+                    json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+                        FhirError::Unprocessable(format!(
+                            "JSON Patch operation {i} does not apply: {e}"
+                        ))
+                    })?;
+                    if matches!(
+                        op,
+                        json_patch::PatchOperation::Copy(_) | json_patch::PatchOperation::Add(_)
+                    ) && serde_json::to_vec(&doc).map_or(0, |v| v.len()) > MAX_PATCHED_SIZE
+                    {
+                        return Err(FhirError::PayloadTooLarge(format!(
+                            "the patched resource would exceed {MAX_PATCHED_SIZE} bytes"
+                        )));
+                    }
+                }
                 Ok(doc)
             }
             Patch::FhirPath(ops) => {
@@ -165,6 +192,27 @@ impl FpOp {
         };
         let kind = text("type").ok_or_else(|| FhirError::invalid("missing", at("type")))?;
         let path = text("path").ok_or_else(|| FhirError::invalid("missing", at("path")))?;
+        // The parser recurses per nesting level and per operand: bounded before it runs.
+        let mut depth = 0usize;
+        let mut deepest = 0usize;
+        for c in path.chars() {
+            match c {
+                '(' | '[' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ')' | ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if path.len() > MAX_PATH_LEN || deepest > MAX_PATH_NESTING {
+            return Err(FhirError::invalid(
+                format!(
+                    "a path is at most {MAX_PATH_LEN} characters and {MAX_PATH_NESTING} levels deep"
+                ),
+                at("path"),
+            ));
+        }
         let expr = fhirpath::parse(&path).map_err(|e| {
             FhirError::invalid(
                 format!("'{path}' is not a FHIRPath this server evaluates: {e}"),

@@ -2,6 +2,8 @@
 //! delete, each checked against the caller's scopes and audited in the same transaction. A request
 //! runs one of them in its own transaction; a transaction Bundle runs all its entries in one.
 
+use std::collections::{HashSet, VecDeque};
+
 use serde_json::Value;
 
 use super::{
@@ -119,6 +121,22 @@ impl Cx<'_> {
         Ok(stored)
     }
 
+    /// An AuditEvent of this request in the transaction.
+    pub fn audit_event(
+        &self,
+        conn: &mut DbConn,
+        interaction: Interaction,
+        status: u16,
+        entities: Vec<Value>,
+    ) -> FhirResult<()> {
+        match self.seed_for(interaction) {
+            Some(seed) => {
+                crate::audit::record_in(conn, self.base(), vec![seed.event(status, entities)])
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The AuditEvent of a conditional create that found its match (200, nothing written).
     pub fn note_existing(&self, conn: &mut DbConn, existing: &Stored) -> FhirResult<()> {
         let seed = self.seed_for(Interaction::Create);
@@ -205,6 +223,11 @@ impl Cx<'_> {
     ) -> FhirResult<Vec<String>> {
         ensure_type(ty)?;
         rule(self.access, Perm::Search, ty)?;
+        // `Patient?identifier=…` and `?identifier=…` are common spellings of the condition.
+        let query = query
+            .strip_prefix(ty)
+            .unwrap_or(query)
+            .trim_start_matches('?');
         let mut params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .filter(|(k, _)| !k.is_empty())
@@ -214,10 +237,23 @@ impl Cx<'_> {
                 "the condition '{query}' has no search parameters"
             )));
         }
-        if let Some((k, _)) = params
-            .iter()
-            .find(|(k, _)| matches!(k.as_str(), "_count" | "_sort" | "_include" | "_revinclude"))
-        {
+        // Result parameters (`_count`, `_format`, `_summary`, …) have no place in a condition.
+        const FILTERS: &[&str] = &[
+            "_id",
+            "_lastUpdated",
+            "_tag",
+            "_profile",
+            "_security",
+            "_source",
+            "_has",
+            "_text",
+            "_content",
+            "_list",
+        ];
+        if let Some((k, _)) = params.iter().find(|(k, _)| {
+            let name = k.split(':').next().unwrap_or_default();
+            name.starts_with('_') && !FILTERS.contains(&name)
+        }) {
             return Err(FhirError::BadRequest(format!(
                 "'{k}' has no place in the condition '{query}'"
             )));
@@ -231,6 +267,11 @@ impl Cx<'_> {
             base_url: self.base(),
         };
         let mut q = search::parse(vec![ty.to_string()], &params, &opts)?;
+        if q.conditions.is_empty() {
+            return Err(FhirError::BadRequest(format!(
+                "the condition '{query}' filters nothing: it would match every {ty}"
+            )));
+        }
         q.visible = self
             .access
             .visibility(Perm::Search, fhir::ENABLED_TYPES.iter().copied());
@@ -300,28 +341,46 @@ impl Cx<'_> {
         cond: &str,
         mut resource: Value,
     ) -> FhirResult<Written> {
-        let body_id = resource
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let id = match self.existing_match(conn, ty, cond, "The conditional update")? {
-            Some(found) => {
-                if body_id.as_ref().is_some_and(|b| *b != found.id) {
-                    return Err(FhirError::invalid(
-                        format!(
-                            "the body's id '{}' differs from the match {ty}/{}",
-                            body_id.unwrap_or_default(),
-                            found.id
-                        ),
-                        format!("{ty}.id"),
-                    ));
-                }
-                found.id
-            }
-            None => body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        };
+        let body_id = resource.get("id").and_then(Value::as_str);
+        let id = self.conditional_update_id(conn, ty, cond, body_id)?;
         resource["id"] = Value::String(id.clone());
         self.update(conn, ty, &id, resource, None)
+    }
+
+    /// The id a conditional update writes: the one match's (the body may name it, or no id);
+    /// with no match, the body's id (update as create) unless a resource that did not match holds
+    /// it (409, as R5 says), else a new one.
+    pub fn conditional_update_id(
+        &self,
+        conn: &mut DbConn,
+        ty: &str,
+        cond: &str,
+        body_id: Option<&str>,
+    ) -> FhirResult<String> {
+        match self.existing_match(conn, ty, cond, "The conditional update")? {
+            Some(found) => match body_id {
+                Some(b) if b != found.id => Err(FhirError::invalid(
+                    format!(
+                        "the body's id '{b}' differs from the match {ty}/{}",
+                        found.id
+                    ),
+                    format!("{ty}.id"),
+                )),
+                _ => Ok(found.id),
+            },
+            None => match body_id {
+                Some(b) => {
+                    if store::current(conn, ty, b)?.is_some_and(|c| c.deleted == 0) {
+                        return Err(FhirError::Conflict(format!(
+                            "{ty}/{b} exists but does not match '{cond}'; the conditional update \
+                             will not overwrite it"
+                        )));
+                    }
+                    Ok(b.to_string())
+                }
+                None => Ok(uuid::Uuid::now_v7().to_string()),
+            },
+        }
     }
 
     /// patch: `patch` applied to the current version; the result is validated like any update.
@@ -335,12 +394,15 @@ impl Cx<'_> {
     ) -> FhirResult<Written> {
         ensure_type(ty)?;
         ensure_writable(ty)?;
-        rule(self.access, Perm::Update, ty)?;
+        let rule = rule(self.access, Perm::Update, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
-        // The row is locked first, so the version patched stays current until this commits.
-        store::current_for_update(conn, ty, id)?;
+        // The row is locked first, so the version patched stays current until this commits; and
+        // it must be the caller's to change before anything about it (its version, whether the
+        // patch applies) is revealed.
+        let prev = store::current_for_update(conn, ty, id)?;
+        admit_current(conn, &rule, prev.as_ref(), ty, id, self.base(), "updating")?;
         let current = match store::version(conn, ty, id, None)? {
             None => return Err(FhirError::NotFound(format!("{ty}/{id} is not known"))),
             Some(r) if r.is_deleted() => {
@@ -399,7 +461,7 @@ impl Cx<'_> {
         let written = match prev {
             Some(p) if p.deleted == 0 => {
                 if cascade {
-                    self.cascade(conn, ty, id, 0)?;
+                    self.cascade(conn, ty, id)?;
                 }
                 let stored = write_version(conn, self.base(), Some(&p), ty, id, "DELETE", None)?;
                 Some(Written {
@@ -415,26 +477,71 @@ impl Cx<'_> {
         Ok(written)
     }
 
-    /// Deletes what references `ty/id` (and, in turn, what references those), each as a delete the
-    /// caller's scopes must permit.
-    fn cascade(&self, conn: &mut DbConn, ty: &str, id: &str, depth: usize) -> FhirResult<()> {
-        if depth >= MAX_CASCADE_DEPTH {
-            return Err(FhirError::Conflict(format!(
-                "_cascade=delete reaches deeper than {MAX_CASCADE_DEPTH} levels of references"
-            )));
-        }
-        for (rt, rid) in integrity::referrers(conn, ty, id, MAX_CASCADE)? {
-            if rt == ty && rid == id {
-                continue;
-            }
-            if let Some(p) = store::current_for_update(conn, &rt, &rid)? {
-                if p.deleted == 0 {
-                    let rule = rule(self.access, Perm::Delete, &rt)?;
-                    admit_current(conn, &rule, Some(&p), &rt, &rid, self.base(), "deleting")?;
-                    self.cascade(conn, &rt, &rid, depth + 1)?;
-                    let s = write_version(conn, self.base(), Some(&p), &rt, &rid, "DELETE", None)?;
-                    let seed = self.seed_for(Interaction::Delete);
-                    audit_write(conn, seed.as_ref(), self.base(), 204, Some(&s), &rt, &rid)?;
+    /// Deletes everything that references `ty/id`, directly or through other referrers, breadth
+    /// first; each a delete the caller's scopes must permit, each audited. Each resource is
+    /// visited once, so reference cycles end.
+    fn cascade(&self, conn: &mut DbConn, ty: &str, id: &str) -> FhirResult<()> {
+        let mut seen: HashSet<(String, String)> = HashSet::from([(ty.to_string(), id.to_string())]);
+        let mut queue = VecDeque::from([(ty.to_string(), id.to_string())]);
+        while let Some((t, i)) = queue.pop_front() {
+            loop {
+                let fresh: Vec<(String, String)> = integrity::referrers(conn, &t, &i, 500)?
+                    .into_iter()
+                    .filter(|r| !seen.contains(r))
+                    .collect();
+                if fresh.is_empty() {
+                    break;
+                }
+                for (rt, rid) in fresh {
+                    seen.insert((rt.clone(), rid.clone()));
+                    if seen.len() > MAX_CASCADE {
+                        return Err(FhirError::Conflict(format!(
+                            "_cascade=delete would delete more than {MAX_CASCADE} resources"
+                        )));
+                    }
+                    if let Some(p) = store::current_for_update(conn, &rt, &rid)? {
+                        if p.deleted == 0 {
+                            // Refused without naming what the caller may not see.
+                            let refused = |_| {
+                                FhirError::Forbidden(
+                                    "_cascade=delete would delete resources outside what the \
+                                     access token may delete"
+                                        .into(),
+                                )
+                            };
+                            let rule = rule(self.access, Perm::Delete, &rt).map_err(refused)?;
+                            admit_current(
+                                conn,
+                                &rule,
+                                Some(&p),
+                                &rt,
+                                &rid,
+                                self.base(),
+                                "deleting",
+                            )
+                            .map_err(refused)?;
+                            let s = write_version(
+                                conn,
+                                self.base(),
+                                Some(&p),
+                                &rt,
+                                &rid,
+                                "DELETE",
+                                None,
+                            )?;
+                            let seed = self.seed_for(Interaction::Delete);
+                            audit_write(
+                                conn,
+                                seed.as_ref(),
+                                self.base(),
+                                204,
+                                Some(&s),
+                                &rt,
+                                &rid,
+                            )?;
+                        }
+                    }
+                    queue.push_back((rt, rid));
                 }
             }
         }
@@ -460,10 +567,8 @@ impl Cx<'_> {
         }
         if ids.is_empty() {
             // Nothing to delete is still an interaction, and audited as one.
-            if let Some(seed) = self.seed_for(Interaction::Delete) {
-                let entities = vec![crate::audit::query_entity(&format!("{ty}?{cond}"))];
-                crate::audit::record_in(conn, self.base(), vec![seed.event(204, entities)])?;
-            }
+            let entities = vec![crate::audit::query_entity(&format!("{ty}?{cond}"))];
+            self.audit_event(conn, Interaction::Delete, 204, entities)?;
         }
         let mut out = Vec::new();
         for id in ids {
@@ -493,7 +598,8 @@ impl Cx<'_> {
         if !self.engine.limits.referential_integrity {
             return Ok(());
         }
-        integrity::check(conn, self.base(), written)
+        let listable = |t: &str| self.access.rule(Perm::Read, t) == Rule::All;
+        integrity::check(conn, self.base(), written, &listable)
     }
 
     /// Reads `ty/id` (version `v`) inside the transaction, as the caller may.
@@ -539,9 +645,8 @@ impl Cx<'_> {
     }
 }
 
-/// How deep `_cascade=delete` follows references, and how many referrers it takes per resource.
-const MAX_CASCADE_DEPTH: usize = 8;
-const MAX_CASCADE: usize = 1000;
+/// The most resources one `_cascade=delete` removes.
+const MAX_CASCADE: usize = 10_000;
 
 /// The checks of an update's body against its URL: a valid id, the same type, the same id.
 pub(crate) fn check_update_body(ty: &str, id: &str, resource: &Value) -> FhirResult<()> {

@@ -268,6 +268,11 @@ impl From<DieselError> for FhirError {
                 DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
                 _,
             ) => FhirError::WriteConflict,
+            // Two transactions that locked rows in opposite orders: PostgreSQL aborts one; the
+            // engine retries it like any lost race.
+            DieselError::DatabaseError(_, info) if info.message().contains("deadlock detected") => {
+                FhirError::WriteConflict
+            }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
                 FhirError::Unavailable("the database connection was lost; retry".into())
             }

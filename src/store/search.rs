@@ -1112,6 +1112,22 @@ pub fn hits_by_ids(conn: &mut DbConn, res_type: &str, ids: &[String]) -> FhirRes
     Ok(q.load(conn)?)
 }
 
+/// Live resources by (type, ids), share-locked on PostgreSQL until the transaction ends: a write
+/// that refers to them keeps them from being deleted under it (a delete locks the same rows).
+pub fn live_locked(conn: &mut DbConn, res_type: &str, ids: &[String]) -> FhirResult<Vec<Hit>> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut q =
+        Sql::new("SELECT rid, res_type, res_id FROM resources WHERE deleted = 0 AND res_type = ");
+    q.text(res_type).push(" AND res_id IN ");
+    q.text_list(ids);
+    if let DbConn::Postgres(_) = conn {
+        q.push(" FOR SHARE");
+    }
+    Ok(q.load(conn)?)
+}
+
 /// Live resources of `source_type` whose `param` (any reference parameter if None) points to one of
 /// `targets` (all of `target_type`).
 pub fn referencing(
