@@ -26,10 +26,7 @@ pub fn local_references(resource: &Value, base: &str) -> Vec<LocalRef> {
 
 /// The local references, and the `urn:uuid:` / `urn:oid:` ones `(path, urn)`: those stand for
 /// entries of a transaction, and one left after the rewriting stands for nothing.
-fn references(
-    resource: &Value,
-    base: &str,
-) -> (Vec<(String, String, String)>, Vec<(String, String)>) {
+fn references(resource: &Value, base: &str) -> (Vec<LocalRef>, Vec<UrnRef>) {
     let mut out = Vec::new();
     let mut urns = Vec::new();
     let root = resource
