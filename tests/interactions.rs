@@ -520,7 +520,55 @@ fn health_readiness_and_request_ids(app: &TestApp) {
         .is_some_and(|v| v.len() >= 16));
 }
 
+/// `$diff` between two versions is a JSON Patch that turns the first into the second.
+fn diff_turns_one_version_into_another(app: &TestApp) {
+    let p = app.create(&json!({"resourceType": "Patient", "active": true,
+        "name": [{"family": "Old", "given": ["A", "B", "C"]}], "gender": "male",
+        "telecom": [{"system": "phone", "value": "1"}]}));
+    let id = p["id"].as_str().unwrap();
+    let mut next = p.clone();
+    next["name"][0]["given"] = json!(["Z", "A", "C", "d~/x"]);
+    next.as_object_mut().unwrap().remove("active");
+    next["gender"] = json!("female");
+    next["telecom"] =
+        json!([{"system": "email", "value": "a@b.c"}, {"system": "phone", "value": "1"}]);
+    assert_eq!(
+        app.json("PUT", &format!("Patient/{id}"), &next, &[]).status,
+        200
+    );
+    let v1 = app.get(&format!("Patient/{id}/_history/1")).json();
+    let v2 = app.get(&format!("Patient/{id}/_history/2")).json();
+    for url in [
+        format!("Patient/{id}/$diff?from=1&to=2"),
+        format!("Patient/{id}/$diff?from=1"),
+    ] {
+        let r = app.get(&url);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.header("Content-Type"),
+            Some("application/json-patch+json")
+        );
+        let ops: json_patch::Patch = serde_json::from_str(&r.text()).unwrap();
+        assert!(!ops.0.is_empty());
+        let mut doc = v1.clone();
+        json_patch::patch(&mut doc, &ops.0).unwrap();
+        assert_eq!(doc, v2);
+    }
+    app.get(&format!("Patient/{id}/$diff?from=9")).outcome(404);
+    app.get(&format!("Patient/{id}/$diff")).outcome(400);
+    // As readable as the versions themselves.
+    let t = app.token("patient/Patient.rs", Some("someone-else"));
+    let r = app.send(
+        "GET",
+        &format!("Patient/{id}/$diff?from=1"),
+        &[("Authorization", &format!("Bearer {t}"))],
+        None,
+    );
+    r.outcome(403);
+}
+
 on_both_backends!(
+    diff_turns_one_version_into_another,
     create_assigns_id_version_and_location,
     update_makes_versions_readable_by_vread_and_history,
     update_as_create_keeps_client_id_and_enforces_id_rules,

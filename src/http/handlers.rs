@@ -188,6 +188,41 @@ pub async fn vread(
     send_stored(&req, out, stored)
 }
 
+/// `GET [type]/[id]/$diff?from=v1[&to=v2]`: how version v1 became v2 (default: the current
+/// version), as a JSON Patch document.
+pub async fn diff(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let (ty, id) = path.into_inner();
+    let params = query_params(&req);
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let from = param("from").ok_or_else(|| {
+        FhirError::invalid("$diff needs from=<versionId> (and optionally to=)", "from")
+    })?;
+    let to = param("to");
+    let (older, newer, patch) = st
+        .engine
+        .diff(&caller.0, &ty, &id, &from, to.as_deref())
+        .await?;
+    note(&req, &st, || {
+        let mut e = crate::audit::written_entities(&older, &st.engine.base_url);
+        e.extend(crate::audit::written_entities(&newer, &st.engine.base_url));
+        e
+    });
+    let mut b = HttpResponse::Ok();
+    version_headers(&mut b, &newer);
+    Ok(b.content_type("application/json-patch+json")
+        .body(patch.to_string()))
+}
+
 /// Tells the audit middleware what a handler touched.
 fn note(req: &HttpRequest, st: &AppState, entities: impl FnOnce() -> Vec<Value>) {
     if st.auditor.is_some() {

@@ -469,6 +469,30 @@ impl Engine {
         }
     }
 
+    /// `$diff`: the JSON Patch (RFC 6902) that turns version `from` of `ty/id` into version `to`
+    /// (by default the current one), both read as the caller may read them.
+    pub async fn diff(
+        &self,
+        access: &Access,
+        ty: &str,
+        id: &str,
+        from: &str,
+        to: Option<&str>,
+    ) -> FhirResult<(Stored, Stored, Value)> {
+        let older = self.vread(access, ty, id, from).await?;
+        let newer = match to {
+            Some(v) => self.vread(access, ty, id, v).await?,
+            None => self.read(access, ty, id).await?,
+        };
+        let json = |s: &Stored| -> FhirResult<Value> {
+            serde_json::from_str(s.content.as_deref().unwrap_or("{}"))
+                .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))
+        };
+        let patch = json_patch::diff(&json(&older)?, &json(&newer)?);
+        let patch = serde_json::to_value(patch).map_err(|e| FhirError::Internal(e.to_string()))?;
+        Ok((older, newer, patch))
+    }
+
     /// update: a new version, or update-as-create with the client's id. With `if_match`, the write
     /// happens only if that is still the current version (412 otherwise).
     pub async fn update(
