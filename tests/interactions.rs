@@ -296,7 +296,7 @@ fn prefer_chooses_what_a_write_returns(app: &TestApp) {
 fn unknown_types_and_methods_are_refused(app: &TestApp) {
     app.get("Patient/does-not-exist").outcome(404);
     app.get("NoSuchType/1").outcome(404);
-    app.get("Flag/1").outcome(404);
+    app.get("Encounter/1").outcome(404);
     app.json(
         "POST",
         "NoSuchType",

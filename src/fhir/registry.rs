@@ -8,6 +8,7 @@ pub const ENABLED_TYPES: &[&str] = &[
     "CarePlan",
     "CareTeam",
     "Condition",
+    "Flag",
     "Goal",
     "Observation",
     "Patient",
@@ -15,6 +16,7 @@ pub const ENABLED_TYPES: &[&str] = &[
     "Questionnaire",
     "QuestionnaireResponse",
     "RelatedPerson",
+    "Task",
     "AuditEvent",
 ];
 
