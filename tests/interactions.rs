@@ -567,8 +567,109 @@ fn diff_turns_one_version_into_another(app: &TestApp) {
     r.outcome(403);
 }
 
+/// `Patient/[id]/$everything`: the patient and its compartment, no one else's, with `_type`,
+/// `_count` paging and `_since`; a patient token reaches only its own.
+fn patient_everything_holds_the_compartment(app: &TestApp) {
+    let a = app.create(&json!({"resourceType": "Patient", "name": [{"family": "Everything"}]}));
+    let b = app.create(&json!({"resourceType": "Patient", "name": [{"family": "Other"}]}));
+    let (aid, bid) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let subject = |p: &str| json!({"reference": format!("Patient/{p}")});
+    let obs = |p: &str, v: i64| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "PHQ-9"},
+            "subject": subject(p), "valueInteger": v})
+    };
+    let mut mine = vec![format!("Patient/{aid}")];
+    for r in [
+        json!({"resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": "sleep"}, "subject": subject(aid)}),
+        json!({"resourceType": "CareTeam", "subject": subject(aid)}),
+        json!({"resourceType": "CarePlan", "status": "active", "intent": "plan", "subject": subject(aid)}),
+        obs(aid, 12),
+        obs(aid, 9),
+    ] {
+        let c = app.create(&r);
+        mine.push(format!(
+            "{}/{}",
+            c["resourceType"].as_str().unwrap(),
+            c["id"].as_str().unwrap()
+        ));
+    }
+    let theirs = app.create(&obs(bid, 20));
+    let keys = |bundle_entries: Vec<Value>| -> Vec<String> {
+        let mut k: Vec<String> = bundle_entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    let mut want = mine.clone();
+    want.sort();
+    let all = keys(app.all_entries(&format!("Patient/{aid}/$everything")));
+    assert_eq!(all, want);
+    assert!(!all.contains(&format!("Observation/{}", theirs["id"].as_str().unwrap())));
+    let paged = keys(app.all_entries(&format!("Patient/{aid}/$everything?_count=2")));
+    assert_eq!(paged, want);
+    let first = app
+        .get(&format!("Patient/{aid}/$everything?_count=2"))
+        .json();
+    assert_eq!(first["entry"].as_array().unwrap().len(), 2);
+    assert_eq!(first["total"], 6);
+    let only = keys(app.all_entries(&format!("Patient/{aid}/$everything?_type=Observation")));
+    assert_eq!(only.len(), 3);
+    assert!(only
+        .iter()
+        .all(|k| k.starts_with("Observation/") || k.starts_with("Patient/")));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let cut = chrono_like_now();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let late = app.create(&obs(aid, 3));
+    let recent = keys(app.all_entries(&format!("Patient/{aid}/$everything?_since={cut}")));
+    assert_eq!(recent, {
+        let mut r = vec![
+            format!("Observation/{}", late["id"].as_str().unwrap()),
+            format!("Patient/{aid}"),
+        ];
+        r.sort();
+        r
+    });
+    app.get(&format!("Patient/{aid}/$everything?_type=Nope"))
+        .outcome(404);
+    let t = app.token("patient/*.rs", Some(aid));
+    let auth = format!("Bearer {t}");
+    let r = app.send(
+        "GET",
+        &format!("Patient/{aid}/$everything"),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains(bid));
+    app.send(
+        "GET",
+        &format!("Patient/{bid}/$everything"),
+        &[("Authorization", &auth)],
+        None,
+    )
+    .outcome(403);
+}
+
+/// Now as a FHIR instant (UTC, microseconds).
+fn chrono_like_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    cairn::fhir::format_instant(now.as_micros() as i64)
+}
+
 on_both_backends!(
     diff_turns_one_version_into_another,
+    patient_everything_holds_the_compartment,
     create_assigns_id_version_and_location,
     update_makes_versions_readable_by_vread_and_history,
     update_as_create_keeps_client_id_and_enforces_id_rules,

@@ -223,6 +223,33 @@ pub async fn diff(
         .body(patch.to_string()))
 }
 
+/// `GET Patient/[id]/$everything`: the patient's record, as far as the caller may read it.
+pub async fn patient_everything(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let id = path.into_inner();
+    let params = query_params(&req);
+    let bundle = st
+        .engine
+        .patient_everything(&caller.0, &id, &params)
+        .await?;
+    note(&req, &st, || {
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter().filter(|(k, _)| k != "access_token"))
+            .finish();
+        let query = format!("Patient/{id}/$everything?{qs}");
+        vec![
+            crate::audit::query_entity(query.trim_end_matches('?')),
+            crate::audit::patient_entity(&id),
+        ]
+    });
+    send_value(HttpResponse::Ok(), out, &bundle)
+}
+
 /// Tells the audit middleware what a handler touched.
 fn note(req: &HttpRequest, st: &AppState, entities: impl FnOnce() -> Vec<Value>) {
     if st.auditor.is_some() {

@@ -4,6 +4,7 @@
 
 mod bundle;
 mod capabilities;
+mod everything;
 mod history;
 mod integrity;
 mod patch;

@@ -27,9 +27,9 @@ pub enum SearchScope {
 
 /// A parsed search, ready to run: the query, the path its links start from, and the page asked.
 pub(crate) struct Planned {
-    query: SearchQuery,
+    pub(crate) query: SearchQuery,
     path: String,
-    cursor: Option<Cursor>,
+    pub(crate) cursor: Option<Cursor>,
 }
 
 impl Engine {
@@ -68,7 +68,7 @@ impl Engine {
         Ok(self.bundle(&planned.path, &planned.query, page))
     }
 
-    fn plan_search(
+    pub(crate) fn plan_search(
         &self,
         access: &Access,
         scope: SearchScope,
