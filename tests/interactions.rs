@@ -659,6 +659,74 @@ fn patient_everything_holds_the_compartment(app: &TestApp) {
     .outcome(403);
 }
 
+/// `CarePlan/[id]/$everything`: the plan, what it refers to and what those refer to; never another
+/// patient's data, even when something in the package points at it.
+fn careplan_everything_is_the_plan_package(app: &TestApp) {
+    let a = app.create(&json!({"resourceType": "Patient"}));
+    let b = app.create(&json!({"resourceType": "Patient"}));
+    let (aid, bid) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let key = |r: &Value| {
+        format!(
+            "{}/{}",
+            r["resourceType"].as_str().unwrap(),
+            r["id"].as_str().unwrap()
+        )
+    };
+    let qr = app.create(
+        &json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+        "subject": {"reference": format!("Patient/{aid}")}}),
+    );
+    let score = app.create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "PHQ-9"},
+        "subject": {"reference": format!("Patient/{aid}")}, "derivedFrom": [{"reference": key(&qr)}],
+        "focus": [{"reference": format!("Patient/{bid}")}], "valueInteger": 8}));
+    let goal = app.create(&json!({"resourceType": "Goal", "lifecycleStatus": "active", "description": {"text": "PHQ-9 < 5"},
+        "subject": {"reference": format!("Patient/{aid}")}, "outcomeReference": [{"reference": key(&score)}]}));
+    let team = app.create(
+        &json!({"resourceType": "CareTeam", "subject": {"reference": format!("Patient/{aid}")}}),
+    );
+    let task = app.create(
+        &json!({"resourceType": "Task", "status": "requested", "intent": "order",
+        "for": {"reference": format!("Patient/{aid}")}}),
+    );
+    let plan = app.create(&json!({"resourceType": "CarePlan", "status": "active", "intent": "plan",
+        "subject": {"reference": format!("Patient/{aid}")}, "goal": [{"reference": key(&goal)}],
+        "careTeam": [{"reference": key(&team)}], "activity": [{"reference": {"reference": key(&task)}}]}));
+    let other = app.create(
+        &json!({"resourceType": "CarePlan", "status": "active", "intent": "plan",
+        "subject": {"reference": format!("Patient/{bid}")}}),
+    );
+    let r = app.get(&format!(
+        "CarePlan/{}/$everything",
+        plan["id"].as_str().unwrap()
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got: Vec<String> = r.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| key(&e["resource"]))
+        .collect();
+    for want in [&plan, &goal, &team, &task, &score, &qr, &a] {
+        assert!(
+            got.contains(&key(want)),
+            "{} missing from {got:?}",
+            key(want)
+        );
+    }
+    assert!(
+        !got.contains(&key(&b)) && !got.contains(&key(&other)),
+        "{got:?}"
+    );
+    let t = app.token("patient/*.rs", Some(aid));
+    app.send(
+        "GET",
+        &format!("CarePlan/{}/$everything", other["id"].as_str().unwrap()),
+        &[("Authorization", &format!("Bearer {t}"))],
+        None,
+    )
+    .outcome(403);
+}
+
 /// Now as a FHIR instant (UTC, microseconds).
 fn chrono_like_now() -> String {
     let now = std::time::SystemTime::now()
@@ -670,6 +738,7 @@ fn chrono_like_now() -> String {
 on_both_backends!(
     diff_turns_one_version_into_another,
     patient_everything_holds_the_compartment,
+    careplan_everything_is_the_plan_package,
     create_assigns_id_version_and_location,
     update_makes_versions_readable_by_vread_and_history,
     update_as_create_keeps_client_id_and_enforces_id_rules,

@@ -250,6 +250,34 @@ pub async fn patient_everything(
     send_value(HttpResponse::Ok(), out, &bundle)
 }
 
+/// `GET CarePlan/[id]/$everything`: the plan package.
+pub async fn careplan_everything(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let id = path.into_inner();
+    let bundle = st.engine.careplan_everything(&caller.0, &id).await?;
+    note(&req, &st, || {
+        bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let r = &e["resource"];
+                Some(crate::audit::resource_entity(&format!(
+                    "{}/{}",
+                    r["resourceType"].as_str()?,
+                    r["id"].as_str()?
+                )))
+            })
+            .collect()
+    });
+    send_value(HttpResponse::Ok(), out, &bundle)
+}
+
 /// Tells the audit middleware what a handler touched.
 fn note(req: &HttpRequest, st: &AppState, entities: impl FnOnce() -> Vec<Value>) {
     if st.auditor.is_some() {

@@ -200,6 +200,11 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(h::method_not_allowed)),
         )
         .service(
+            web::resource("/CarePlan/{id}/$everything")
+                .route(web::get().to(h::careplan_everything))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
             web::resource("/{type}/{id}/$diff")
                 .route(web::get().to(h::diff))
                 .default_service(web::to(h::method_not_allowed)),

@@ -165,3 +165,78 @@ impl Engine {
         Ok(b)
     }
 }
+
+/// How far `CarePlan/$everything` follows references, and how many resources it gathers.
+const PLAN_DEPTH: usize = 3;
+const PLAN_MAX: usize = 1_000;
+
+impl Engine {
+    /// `CarePlan/[id]/$everything`: the plan package. The plan, then what it refers to (goals,
+    /// care team, conditions, activities, supporting information), and in turn what those refer to
+    /// (a goal's outcome observations, an observation's questionnaire response), up to three links
+    /// away. Only the plan's own patient is included, and no patient's references are followed,
+    /// so another patient's data is never reached; every resource is read as the caller may.
+    pub async fn careplan_everything(&self, access: &Access, id: &str) -> FhirResult<Value> {
+        let plan = self.read(access, "CarePlan", id).await?;
+        let content = |s: &super::Stored| -> Option<Value> {
+            serde_json::from_str(s.content.as_deref()?).ok()
+        };
+        let subject = content(&plan)
+            .and_then(|v| {
+                let r = v["subject"]["reference"].as_str()?.to_string();
+                super::integrity::local(&r, &self.base_url)
+            })
+            .map(|(t, i)| format!("{t}/{i}"));
+        let mut seen = std::collections::HashSet::from([format!("CarePlan/{id}")]);
+        let mut out = vec![plan.clone()];
+        let mut frontier = vec![plan];
+        for _ in 0..PLAN_DEPTH {
+            let mut next = Vec::new();
+            for s in &frontier {
+                if s.resource_type == "Patient" {
+                    continue;
+                }
+                let Some(v) = content(s) else { continue };
+                for (_, t, i) in super::integrity::local_references(&v, &self.base_url) {
+                    let key = format!("{t}/{i}");
+                    if fhir::is_server_written(&t)
+                        || (t == "Patient" && Some(&key) != subject.as_ref())
+                        || !seen.insert(key)
+                    {
+                        continue;
+                    }
+                    // What the caller may not read (or what is gone) is left out, not an error.
+                    if let Ok(found) = self.read(access, &t, &i).await {
+                        next.push(found);
+                    }
+                }
+            }
+            out.extend(next.iter().cloned());
+            if out.len() > PLAN_MAX {
+                return Err(FhirError::PayloadTooLarge(format!(
+                    "the plan package holds more than {PLAN_MAX} resources"
+                )));
+            }
+            frontier = next;
+        }
+        let entries: Vec<Value> = out
+            .iter()
+            .filter_map(|s| {
+                Some(json!({
+                    "fullUrl": format!("{}/{}/{}", self.base_url, s.resource_type, s.id),
+                    "resource": content(s)?,
+                    "search": {"mode": "match"},
+                }))
+            })
+            .collect();
+        Ok(json!({
+            "resourceType": "Bundle",
+            "id": uuid::Uuid::now_v7().to_string(),
+            "meta": {"lastUpdated": format_instant(now_micros())},
+            "type": "searchset",
+            "total": entries.len(),
+            "link": [{"relation": "self", "url": format!("{}/CarePlan/{id}/$everything", self.base_url)}],
+            "entry": entries,
+        }))
+    }
+}

@@ -47,8 +47,9 @@ fn walk(v: &Value, path: &str, base: &str, out: &mut Vec<LocalRef>, urns: &mut V
                     continue;
                 }
                 let p = format!("{path}.{k}");
-                if k == "reference" {
-                    let r = child.as_str().unwrap_or_default();
+                // `reference` is a Reference's string, or an element named so that holds a
+                // Reference (CarePlan.activity.reference).
+                if let (true, Some(r)) = (k == "reference", child.as_str()) {
                     if let Some((t, id)) = local(r, base) {
                         out.push((p, t, id));
                     } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
@@ -70,7 +71,7 @@ fn walk(v: &Value, path: &str, base: &str, out: &mut Vec<LocalRef>, urns: &mut V
 
 /// `Type/id` (relative, or absolute on this server, with or without `/_history/v`) of a type this
 /// server holds.
-fn local(reference: &str, base: &str) -> Option<(String, String)> {
+pub(crate) fn local(reference: &str, base: &str) -> Option<(String, String)> {
     let r = reference
         .strip_prefix(base)
         .and_then(|r| r.strip_prefix('/'))
@@ -192,6 +193,20 @@ pub fn referrers(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_element_named_reference_holding_a_reference_is_followed() {
+        let r = json!({"resourceType": "CarePlan",
+            "activity": [{"reference": {"reference": "Task/t1"}}]});
+        assert_eq!(
+            local_references(&r, "http://x/fhir"),
+            vec![(
+                "CarePlan.activity[0].reference.reference".to_string(),
+                "Task".to_string(),
+                "t1".to_string()
+            )]
+        );
+    }
 
     #[test]
     fn local_references_are_found_in_nested_elements_and_named_by_path() {
