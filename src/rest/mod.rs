@@ -431,43 +431,10 @@ impl Engine {
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
-        let (t, i) = (ty.to_string(), id.to_string());
-        let row = self
-            .store
-            .read(move |conn| store::version(conn, &t, &i, v))
-            .await?;
-        let what = match v {
-            Some(v) => format!("{ty}/{id}/_history/{v}"),
-            None => format!("{ty}/{id}"),
-        };
-        match row {
-            None => Err(FhirError::NotFound(format!("{what} is not known"))),
-            Some(r) if r.is_deleted() => {
-                if rule != Rule::All {
-                    // Whether it was the caller's to see is judged by its last live version.
-                    let (t, i, prev) = (ty.to_string(), id.to_string(), r.version - 1);
-                    let last = self
-                        .store
-                        .read(move |conn| store::version(conn, &t, &i, Some(prev)))
-                        .await?;
-                    let seen = last.and_then(|l| serde_json::from_str::<Value>(&l.content).ok());
-                    if !seen.is_some_and(|v| rule.admits(ty, id, &v, &self.base_url)) {
-                        return Err(FhirError::Forbidden(format!(
-                            "{what} is outside what the access token may read"
-                        )));
-                    }
-                }
-                Err(FhirError::Gone(format!("{what} was deleted")))
-            }
-            Some(r) => {
-                if rule != Rule::All {
-                    let resource: Value = serde_json::from_str(&r.content)
-                        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
-                    admit(&rule, ty, id, &resource, &self.base_url, "reading")?;
-                }
-                Ok(Stored::from_row(r))
-            }
-        }
+        let (t, i, base) = (ty.to_string(), id.to_string(), self.base_url.clone());
+        self.store
+            .read(move |conn| read_version(conn, &rule, &base, &t, &i, v))
+            .await
     }
 
     /// `$diff`: the JSON Patch (RFC 6902) that turns version `from` of `ty/id` into version `to`
@@ -714,6 +681,47 @@ impl Engine {
                     return Ok(done);
                 }
             }
+        }
+    }
+}
+
+/// Version `v` of `ty/id` (the current one when None) as `rule` lets the caller read it: 404 if
+/// it never existed, 410 if it is a deletion (403 instead if the last live version was not the
+/// caller's to see).
+fn read_version(
+    conn: &mut store::DbConn,
+    rule: &Rule,
+    base: &str,
+    ty: &str,
+    id: &str,
+    v: Option<i64>,
+) -> FhirResult<Stored> {
+    let what = match v {
+        Some(v) => format!("{ty}/{id}/_history/{v}"),
+        None => format!("{ty}/{id}"),
+    };
+    match store::version(conn, ty, id, v)? {
+        None => Err(FhirError::NotFound(format!("{what} is not known"))),
+        Some(r) if r.is_deleted() => {
+            if *rule != Rule::All {
+                // Whether it was the caller's to see is judged by its last live version.
+                let last = store::version(conn, ty, id, Some(r.version - 1))?;
+                let seen = last.and_then(|l| serde_json::from_str::<Value>(&l.content).ok());
+                if !seen.is_some_and(|x| rule.admits(ty, id, &x, base)) {
+                    return Err(FhirError::Forbidden(format!(
+                        "{what} is outside what the access token may read"
+                    )));
+                }
+            }
+            Err(FhirError::Gone(format!("{what} was deleted")))
+        }
+        Some(r) => {
+            if *rule != Rule::All {
+                let resource: Value = serde_json::from_str(&r.content)
+                    .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+                admit(rule, ty, id, &resource, base, "reading")?;
+            }
+            Ok(Stored::from_row(r))
         }
     }
 }

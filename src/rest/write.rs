@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{
     admit, admit_current, audit_write, body_type, check_if_match, ensure_type, ensure_writable,
-    integrity, patch::Patch, rule, write_version, Engine, Stored, Written,
+    integrity, patch::Patch, read_version, rule, write_version, Engine, Stored, Written,
 };
 use crate::audit::{AuditSeed, Interaction};
 use crate::auth::{Access, Perm, Rule};
@@ -45,16 +45,7 @@ impl Cx<'_> {
         resource: Value,
         if_none_exist: Option<&str>,
     ) -> FhirResult<Written> {
-        ensure_type(ty)?;
-        ensure_writable(ty)?;
-        let rule = rule(self.access, Perm::Create, ty)?;
-        if body_type(&resource) != ty {
-            return Err(FhirError::invalid(
-                format!("the body is a {}, the URL says {ty}", body_type(&resource)),
-                "resourceType",
-            ));
-        }
-        admit(&rule, ty, id, &resource, self.base(), "creating")?;
+        self.check_create(ty, id, &resource)?;
         if let Some(cond) = if_none_exist {
             if let Some(existing) = self.existing_match(conn, ty, cond, "If-None-Exist")? {
                 let seed = self.seed_for(Interaction::Create);
@@ -410,14 +401,7 @@ impl Cx<'_> {
             }
             Some(r) => r,
         };
-        if let Some(v) = if_match {
-            if v != current.version {
-                return Err(FhirError::PreconditionFailed(format!(
-                    "If-Match asks for version {v} of {ty}/{id}, but the current version is {}",
-                    current.version
-                )));
-            }
-        }
+        check_if_match(if_match, prev.as_ref(), ty, id)?;
         let before: Value = serde_json::from_str(&current.content)
             .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
         let after = patch.apply(before)?;
@@ -615,33 +599,7 @@ impl Cx<'_> {
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
-        let what = match v {
-            Some(v) => format!("{ty}/{id}/_history/{v}"),
-            None => format!("{ty}/{id}"),
-        };
-        match store::version(conn, ty, id, v)? {
-            None => Err(FhirError::NotFound(format!("{what} is not known"))),
-            Some(r) if r.is_deleted() => {
-                if rule != Rule::All {
-                    let last = store::version(conn, ty, id, Some(r.version - 1))?;
-                    let seen = last.and_then(|l| serde_json::from_str::<Value>(&l.content).ok());
-                    if !seen.is_some_and(|x| rule.admits(ty, id, &x, self.base())) {
-                        return Err(FhirError::Forbidden(format!(
-                            "{what} is outside what the access token may read"
-                        )));
-                    }
-                }
-                Err(FhirError::Gone(format!("{what} was deleted")))
-            }
-            Some(r) => {
-                if rule != Rule::All {
-                    let resource: Value = serde_json::from_str(&r.content)
-                        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
-                    admit(&rule, ty, id, &resource, self.base(), "reading")?;
-                }
-                Ok(Stored::from_row(r))
-            }
-        }
+        read_version(conn, &rule, self.base(), ty, id, v)
     }
 }
 
