@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod care;
 pub mod config;
 pub mod error;
 pub mod fhir;

@@ -34,6 +34,22 @@ enum Command {
     /// Check or export the audit trail
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage the scored instruments (canonical Questionnaires)
+    #[command(subcommand)]
+    Instruments(InstrumentsCommand),
+}
+
+#[derive(Subcommand)]
+enum InstrumentsCommand {
+    /// Load the built-in instruments (PHQ-9, GAD-7) and those in --dir, each once (by url and
+    /// version); the server also loads the built-in ones when it starts
+    Load {
+        /// A directory of Questionnaire JSON files to load as well
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +193,30 @@ fn main() -> ExitCode {
             match result {
                 Ok(n) => {
                     println!("reindexed {n} resources");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Instruments(InstrumentsCommand::Load { dir, settings }) => {
+            if let Err(e) = settings.validate() {
+                return fail(e);
+            }
+            cairn::telemetry::init(settings.log_format);
+            let result = (|| {
+                let engine = cairn::http::engine(&settings, 8080)?;
+                let mut all = cairn::care::instruments::embedded();
+                if let Some(d) = &dir {
+                    all.extend(cairn::care::instruments::from_dir(d).map_err(|e| e.to_string())?);
+                }
+                engine.load_instruments_now(all).map_err(|e| e.to_string())
+            })();
+            match result {
+                Ok(loaded) => {
+                    for (name, id, created) in loaded {
+                        let what = if created { "loaded" } else { "already present" };
+                        println!("{name}: Questionnaire/{id} {what}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),

@@ -150,7 +150,9 @@ impl AuditSeed {
             "requestor": true,
         });
         client["who"] = match access {
-            Some(a) if a.unrestricted => json!({"display": "anonymous (authorization disabled)"}),
+            Some(a) if a.unrestricted && a.client_id.is_none() => {
+                json!({"display": "anonymous (authorization disabled)"})
+            }
             Some(a) => json!({"identifier": {"system": "urn:cairn:client-id", "value": a.who()}}),
             None => json!({"display": "unauthenticated"}),
         };

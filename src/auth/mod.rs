@@ -39,6 +39,9 @@ pub struct Access {
     pub unrestricted: bool,
 }
 
+/// The client id the server's own work is recorded under.
+pub const SERVER_ACTOR: &str = "cairn (server)";
+
 /// What a token may do with one resource type for one kind of interaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rule {
@@ -62,6 +65,16 @@ impl Access {
     pub fn unrestricted() -> Access {
         Access {
             unrestricted: true,
+            ..Default::default()
+        }
+    }
+
+    /// The server itself, for its own work (built-in instruments, derived resources): everything
+    /// allowed, and named as the server in audit records.
+    pub fn server() -> Access {
+        Access {
+            unrestricted: true,
+            client_id: Some(SERVER_ACTOR.into()),
             ..Default::default()
         }
     }
@@ -145,7 +158,7 @@ impl Access {
 
     /// A short description for logs and the audit trail.
     pub fn who(&self) -> String {
-        if self.unrestricted {
+        if self.unrestricted && self.client_id.is_none() {
             return "anonymous (auth disabled)".into();
         }
         self.client_id

@@ -737,3 +737,99 @@ pub async fn readyz(st: web::Data<AppState>) -> Reply {
         .content_type("application/health+json")
         .body(r#"{"status":"pass"}"#))
 }
+
+/// `POST QuestionnaireResponse/$extract` (SDC): the body is a Parameters with a
+/// `questionnaire-response`, or the response itself; the answer is a transaction Bundle of the
+/// Observations it stands for. Nothing is stored.
+pub async fn extract(
+    req: HttpRequest,
+    caller: Caller,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let body = parse_body(&req, payload, &st).await?;
+    let response = match body["resourceType"].as_str() {
+        Some("Parameters") => body["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "questionnaire-response")
+            .map(|p| p["resource"].clone())
+            .filter(Value::is_object)
+            .ok_or_else(|| {
+                FhirError::invalid(
+                    "$extract needs a 'questionnaire-response' parameter holding the response",
+                    "Parameters.parameter",
+                )
+            })?,
+        _ => body,
+    };
+    let bundle = st.engine.extract(&caller.0, response.clone()).await?;
+    note(&req, &st, || {
+        let mut e = vec![crate::audit::query_entity("QuestionnaireResponse/$extract")];
+        if let Some(p) = response["subject"]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")) {
+            e.push(crate::audit::patient_entity(p));
+        }
+        e
+    });
+    send_value(HttpResponse::Ok(), out, &bundle)
+}
+
+/// `[GET|POST] QuestionnaireResponse/[id]/$extract`: `$extract` of a stored response.
+pub async fn extract_instance(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let out = negotiate(&req)?;
+    let id = path.into_inner();
+    let stored = st.engine.read(&caller.0, "QuestionnaireResponse", &id).await?;
+    let response: Value = serde_json::from_str(stored.content.as_deref().unwrap_or("null"))
+        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+    let bundle = st.engine.extract(&caller.0, response).await?;
+    note(&req, &st, || {
+        crate::audit::written_entities(&stored, &st.engine.base_url)
+    });
+    send_value(HttpResponse::Ok(), out, &bundle)
+}
+
+/// `GET CarePlan/[id]/$progress`: for each goal of the plan, its measure, baseline, latest value,
+/// trend and status, as Parameters; with `Accept: image/svg+xml`, a chart of the scores over time
+/// with the severity bands and the goal targets.
+pub async fn progress(
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Reply {
+    let wants_svg = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|m| m.trim().starts_with("image/svg+xml")))
+        || query_params(&req)
+            .iter()
+            .any(|(k, v)| k == "_format" && v == "image/svg+xml");
+    let out = if wants_svg { None } else { Some(negotiate(&req)?) };
+    let id = path.into_inner();
+    let (plan, goals, measures) = st.engine.progress(&caller.0, &id).await?;
+    note(&req, &st, || {
+        let mut e = crate::audit::written_entities(&plan, &st.engine.base_url);
+        e.extend(goals.iter().map(|g| {
+            crate::audit::resource_entity(&format!("Goal/{}/_history/{}", g.id, g.version))
+        }));
+        e
+    });
+    match out {
+        None => Ok(HttpResponse::Ok()
+            .content_type("image/svg+xml")
+            .body(crate::care::progress::svg(&measures))),
+        Some(out) => send_value(
+            HttpResponse::Ok(),
+            out,
+            &crate::care::progress::parameters(&measures),
+        ),
+    }
+}

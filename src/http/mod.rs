@@ -195,6 +195,22 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(h::method_not_allowed)),
         )
         .service(
+            web::resource("/QuestionnaireResponse/$extract")
+                .route(web::post().to(h::extract))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
+            web::resource("/QuestionnaireResponse/{id}/$extract")
+                .route(web::get().to(h::extract_instance))
+                .route(web::post().to(h::extract_instance))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
+            web::resource("/CarePlan/{id}/$progress")
+                .route(web::get().to(h::progress))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
             web::resource("/Patient/{id}/$everything")
                 .route(web::get().to(h::patient_everything))
                 .default_service(web::to(h::method_not_allowed)),
@@ -307,6 +323,12 @@ impl Application {
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         let engine = engine(settings, port)?;
         let auth = Auth::from_settings(settings, port)?;
+        let loaded = engine
+            .load_instruments_now(crate::care::instruments::embedded())
+            .map_err(|e| format!("cannot load the built-in instruments: {e}"))?;
+        for (name, id, created) in loaded.iter().filter(|l| l.2) {
+            tracing::info!(instrument = %name, id = %id, created, "instrument loaded");
+        }
         let auditor = match settings.audit {
             crate::config::AuditMode::Enabled => Some(Auditor::start(
                 engine.store.clone(),

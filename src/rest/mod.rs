@@ -4,6 +4,8 @@
 
 mod bundle;
 mod capabilities;
+mod care;
+mod derive;
 mod everything;
 mod history;
 mod integrity;
@@ -15,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::audit::AuditSeed;
+use crate::audit::{AuditSeed, Interaction};
 use crate::auth::{Access, Perm, Rule};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::{self, format_instant};
@@ -177,11 +179,38 @@ fn audit_write(
     ty: &str,
     id: &str,
 ) -> FhirResult<()> {
+    audit_write_with(conn, seed, base, status, stored, ty, id, &[])
+}
+
+/// The entities of a write: the version written, its patients, and what the server derived from it.
+fn entities_of(stored: &Stored, derived: &[Stored], base: &str) -> Vec<Value> {
+    let mut out = crate::audit::written_entities(stored, base);
+    out.extend(derived.iter().map(|d| {
+        crate::audit::resource_entity(&format!(
+            "{}/{}/_history/{}",
+            d.resource_type, d.id, d.version
+        ))
+    }));
+    out
+}
+
+/// `audit_write` of a write that also wrote `derived` versions.
+#[allow(clippy::too_many_arguments)]
+fn audit_write_with(
+    conn: &mut store::DbConn,
+    seed: Option<&AuditSeed>,
+    base: &str,
+    status: u16,
+    stored: Option<&Stored>,
+    ty: &str,
+    id: &str,
+    derived: &[Stored],
+) -> FhirResult<()> {
     let Some(seed) = seed else {
         return Ok(());
     };
     let entities = match stored {
-        Some(s) => crate::audit::written_entities(s, base),
+        Some(s) => entities_of(s, derived, base),
         None => vec![crate::audit::resource_entity(&format!("{ty}/{id}"))],
     };
     crate::audit::record_in(conn, base, vec![seed.event(status, entities)]).map_err(|e| {
@@ -655,6 +684,52 @@ impl Engine {
 
     /// Rebuilds the search index of every live resource (after the definitions changed), a batch
     /// per transaction. Returns how many resources were indexed.
+    /// Loads instruments (Questionnaires): each one not stored yet, by canonical url and version,
+    /// is created (with its file's id when that is free) by the server, audited. Idempotent, and
+    /// safe when several instances start at once. Returns `(url|version, id, created)` for each.
+    pub fn load_instruments_now(
+        &self,
+        instruments: Vec<Value>,
+    ) -> FhirResult<Vec<(String, String, bool)>> {
+        let server = Access::server();
+        let seed = AuditSeed::new(Interaction::Create, Some(&server), None, &self.base_url);
+        let mut out = Vec::new();
+        for q in instruments {
+            let q = fhir::check_resource(&q).map_err(|e| {
+                FhirError::Unprocessable(format!("instrument {}: {e}", q["url"]))
+            })?;
+            let cond = crate::care::instruments::condition(&q)?;
+            let name = format!(
+                "{}|{}",
+                q["url"].as_str().unwrap_or_default(),
+                q["version"].as_str().unwrap_or_default()
+            );
+            let (id, created) = self.store.write_now(|conn| {
+                let cx = Cx {
+                    engine: self,
+                    access: &server,
+                    seed: Some(&seed),
+                };
+                if let Some(existing) = cx.existing_match(conn, "Questionnaire", &cond, "instrument")? {
+                    return Ok((existing.id, false));
+                }
+                let id = match q["id"].as_str() {
+                    Some(id)
+                        if fhir::valid_id(id)
+                            && store::version(conn, "Questionnaire", id, None)?.is_none() =>
+                    {
+                        id.to_string()
+                    }
+                    _ => uuid::Uuid::now_v7().to_string(),
+                };
+                let w = cx.create(conn, "Questionnaire", &id, q.clone(), None)?;
+                Ok((w.stored.id, true))
+            })?;
+            out.push((name, id, created));
+        }
+        Ok(out)
+    }
+
     pub async fn reindex(&self) -> FhirResult<u64> {
         const BATCH: i64 = 500;
         let (mut after, mut done) = (0i64, 0u64);

@@ -7,7 +7,7 @@ use std::collections::{HashSet, VecDeque};
 use serde_json::Value;
 
 use super::{
-    admit, admit_current, audit_write, body_type, check_if_match, ensure_type, ensure_writable,
+    admit, admit_current, audit_write, audit_write_with, body_type, check_if_match, ensure_type, ensure_writable,
     integrity, patch::Patch, read_version, rule, write_version, Engine, Stored, Written,
 };
 use crate::audit::{AuditSeed, Interaction};
@@ -65,8 +65,9 @@ impl Cx<'_> {
             }
         }
         let s = write_version(conn, self.base(), None, ty, id, "POST", Some(resource))?;
+        let derived = self.derive(conn, &s)?;
         let seed = self.seed_for(Interaction::Create);
-        audit_write(conn, seed.as_ref(), self.base(), 201, Some(&s), ty, id)?;
+        audit_write_with(conn, seed.as_ref(), self.base(), 201, Some(&s), ty, id, &derived)?;
         Ok(Written {
             stored: s,
             created: true,
@@ -99,10 +100,15 @@ impl Cx<'_> {
             .map(|(ty, id, r)| super::Prepared::new(self.base(), &ty, &id, r))
             .collect::<FhirResult<Vec<_>>>()?;
         let stored = super::write_new_versions(conn, prepared)?;
+        let derived = stored
+            .iter()
+            .map(|s| self.derive(conn, s))
+            .collect::<FhirResult<Vec<_>>>()?;
         if let Some(seed) = self.seed_for(Interaction::Create) {
             let events = stored
                 .iter()
-                .map(|s| seed.event(201, crate::audit::written_entities(s, self.base())))
+                .zip(&derived)
+                .map(|(s, d)| seed.event(201, super::entities_of(s, d, self.base())))
                 .collect();
             crate::audit::record_in(conn, self.base(), events).map_err(|e| {
                 tracing::error!(error = %e, "the audit records of a transaction could not be stored");
@@ -309,9 +315,10 @@ impl Cx<'_> {
             "PUT",
             Some(resource),
         )?;
+        let derived = self.derive(conn, &stored)?;
         let status = if created { 201 } else { 200 };
         let seed = self.seed_for(interaction);
-        audit_write(
+        audit_write_with(
             conn,
             seed.as_ref(),
             self.base(),
@@ -319,6 +326,7 @@ impl Cx<'_> {
             Some(&stored),
             ty,
             id,
+            &derived,
         )?;
         Ok(Written { stored, created })
     }
@@ -456,8 +464,12 @@ impl Cx<'_> {
             _ => None,
         };
         let stored = written.as_ref().map(|w| &w.stored);
+        let derived = match stored {
+            Some(s) => self.derive(conn, s)?,
+            None => Vec::new(),
+        };
         let seed = self.seed_for(Interaction::Delete);
-        audit_write(conn, seed.as_ref(), self.base(), 204, stored, ty, id)?;
+        audit_write_with(conn, seed.as_ref(), self.base(), 204, stored, ty, id, &derived)?;
         Ok(written)
     }
 
