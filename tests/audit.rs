@@ -406,7 +406,9 @@ fn tampering_is_detected(app: &TestApp) {
     }
     let (ok, text) = app.verify();
     assert!(ok, "{text}");
-    assert!(text.contains("intact: 5 records"), "{text}");
+    // The server's own first records: loading the built-in instruments.
+    let n = 5 + cairn::care::instruments::embedded().len();
+    assert!(text.contains(&format!("intact: {n} records")), "{text}");
     let unlock = match app.backend {
         common::Backend::Sqlite => "DROP TRIGGER audit_history_no_update; DROP TRIGGER audit_history_no_delete; \
              DROP TRIGGER audit_chain_no_update; DROP TRIGGER audit_chain_no_delete; \
@@ -578,7 +580,8 @@ fn two_instances_keep_one_verifiable_chain() {
     });
     let (good, text) = verify_url(&url);
     assert!(good, "{text}");
-    let n = *ok.lock().unwrap();
+    // Plus the built-in instruments, loaded (once) by the first instance.
+    let n = *ok.lock().unwrap() + cairn::care::instruments::embedded().len();
     assert!(
         text.contains(&format!("intact: {n} records")),
         "{n} requests: {text}"

@@ -704,9 +704,17 @@ fn compartment_system_search_and_history(app: &TestApp) {
     // Small pages: paging through a filtered history still ends and leaks nothing.
     let got = t.visible(app, "Observation/_history?_count=1");
     assert_eq!(got.len(), 2, "{got:?}");
-    // A's Patient, Goal and CarePlan, and both versions of A's Observation.
+    // A's Patient, Goal and CarePlan, and both versions of A's Observation; and the built-in
+    // instruments, which are no patient's data.
     let got = t.visible(app, "_history?_count=2");
+    let (instruments, got): (Vec<String>, Vec<String>) = got
+        .into_iter()
+        .partition(|k| k.starts_with("Questionnaire/"));
     assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(
+        instruments.len(),
+        cairn::care::instruments::embedded().len()
+    );
     t.visible(app, "CarePlan/_history");
     t.visible(app, "Goal/_history");
 }

@@ -222,7 +222,12 @@ fn token_parameters_and_modifiers(app: &TestApp) {
     );
     assert_finds(app, "Observation?code:text=anxiety", &["o-ben-gad"]);
     assert_finds(app, "Observation?code:text=gad-7", &["o-ben-gad"]);
-    assert_finds(app, "Questionnaire?status=active", &["q-phq9"]);
+    // The built-in instruments are active Questionnaires too.
+    assert_finds(
+        app,
+        "Questionnaire?status=active",
+        &["q-phq9", "phq-9", "gad-7"],
+    );
     // :in / :not-in with a value set the server knows (the R4 value sets it can expand).
     let gender_vs = "http://hl7.org/fhir/ValueSet/administrative-gender";
     assert_finds(
@@ -234,7 +239,7 @@ fn token_parameters_and_modifiers(app: &TestApp) {
     assert_finds(
         app,
         "Questionnaire?status:in=http://hl7.org/fhir/ValueSet/publication-status|4.0.1",
-        &["q-phq9", "q-draft"],
+        &["q-phq9", "q-draft", "phq-9", "gad-7"],
     );
     assert_finds(
         app,

@@ -38,10 +38,7 @@ pub struct Extraction {
 /// Whether a response's content is live: completed or amended ones are extracted; any other
 /// status (entered-in-error, in-progress, stopped) retracts what was extracted before.
 pub fn is_live(response: &Value) -> bool {
-    matches!(
-        response["status"].as_str(),
-        Some("completed" | "amended")
-    )
+    matches!(response["status"].as_str(), Some("completed" | "amended"))
 }
 
 /// The id a derived resource of `source` (`Type/id`) gets for `key`: the same every time, so
@@ -147,7 +144,12 @@ pub fn extract(
             let ty = r.rsplit('/').nth(1).unwrap_or_default();
             matches!(
                 ty,
-                "Practitioner" | "PractitionerRole" | "Organization" | "CareTeam" | "Patient" | "RelatedPerson"
+                "Practitioner"
+                    | "PractitionerRole"
+                    | "Organization"
+                    | "CareTeam"
+                    | "Patient"
+                    | "RelatedPerson"
             )
         })
         .unwrap_or(false);
@@ -204,7 +206,11 @@ pub fn extract(
             .as_deref()
             .and_then(|l| items.iter().find(|it| it["linkId"] == l));
         let v = scoring::number(scored.total);
-        let kind = if v.is_i64() { "valueInteger" } else { "valueDecimal" };
+        let kind = if v.is_i64() {
+            "valueInteger"
+        } else {
+            "valueDecimal"
+        };
         let mut o = observation(
             json!([sc.total_code]),
             total_item.and_then(|it| it.get("text")),

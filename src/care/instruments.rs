@@ -17,7 +17,8 @@ pub fn embedded() -> Vec<Value> {
     EMBEDDED
         .iter()
         .map(|(name, text)| {
-            serde_json::from_str(text).unwrap_or_else(|e| panic!("built-in {name} is not JSON: {e}"))
+            serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("built-in {name} is not JSON: {e}"))
         })
         .collect()
 }
@@ -45,9 +46,9 @@ pub fn from_dir(dir: &std::path::Path) -> FhirResult<Vec<Value>> {
 
 /// The condition that finds an instrument: its canonical url and version.
 pub fn condition(q: &Value) -> FhirResult<String> {
-    let url = q["url"].as_str().ok_or_else(|| {
-        FhirError::Unprocessable("an instrument needs a canonical url".into())
-    })?;
+    let url = q["url"]
+        .as_str()
+        .ok_or_else(|| FhirError::Unprocessable("an instrument needs a canonical url".into()))?;
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     s.append_pair("url", url);
     if let Some(v) = q["version"].as_str() {

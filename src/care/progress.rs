@@ -70,7 +70,12 @@ pub fn baseline(series: &[Point], start: Option<i64>) -> Option<&Point> {
 /// target; otherwise, against the baseline, `improving` (a drop of `improvement_points`, or of
 /// `improvement_percent`), `worsening` (a rise of `worsening_points`) or `no-change`;
 /// `in-progress` while the baseline is the only score.
-pub fn status(targets: &[&Value], rules: &GoalRules, series: &[Point], start: Option<i64>) -> Option<&'static str> {
+pub fn status(
+    targets: &[&Value],
+    rules: &GoalRules,
+    series: &[Point],
+    start: Option<i64>,
+) -> Option<&'static str> {
     let latest = series.last()?;
     if targets.iter().any(|t| meets(t, latest.value) == Some(true)) {
         return Some("achieved");
@@ -135,7 +140,9 @@ pub fn evaluate(
     refs.extend(series.iter().map(|p| json!({"reference": p.reference})));
     match refs.is_empty() {
         true => out.as_object_mut()?.remove("outcomeReference"),
-        false => out.as_object_mut()?.insert("outcomeReference".into(), json!(refs)),
+        false => out
+            .as_object_mut()?
+            .insert("outcomeReference".into(), json!(refs)),
     };
     if let Some(code) = status(&targets, rules, series, start_of(goal)) {
         out["achievementStatus"] = json!({"coding": [{"system": GOAL_ACHIEVEMENT, "code": code,
@@ -235,7 +242,9 @@ fn escape(s: &str) -> String {
 }
 
 /// Band fills, lightest (lowest score) first.
-const BAND_FILLS: &[&str] = &["#e8f5e9", "#f9fbe7", "#fff8e1", "#fff3e0", "#ffebee", "#fce4ec"];
+const BAND_FILLS: &[&str] = &[
+    "#e8f5e9", "#f9fbe7", "#fff8e1", "#fff3e0", "#ffebee", "#fce4ec",
+];
 pub const LINE: &str = "#1565c0";
 pub const TARGET: &str = "#2e7d32";
 
@@ -279,7 +288,10 @@ pub fn svg(measures: &[Measure]) -> String {
             escape(&title)
         );
         for (k, b) in m.bands.iter().enumerate() {
-            let (a, z) = (y(b.high + 0.5_f64.min(ymax - b.high).max(0.0)), y((b.low - 0.5).max(0.0)));
+            let (a, z) = (
+                y(b.high + 0.5_f64.min(ymax - b.high).max(0.0)),
+                y((b.low - 0.5).max(0.0)),
+            );
             let _ = write!(
                 s,
                 r#"<rect class="band" x="{left}" y="{a:.1}" width="{pw}" height="{:.1}" fill="{}"><title>{}</title></rect>"#,
@@ -403,7 +415,11 @@ mod tests {
             (vec![3.0, 8.0], "worsening"),
         ];
         for (values, code) in want {
-            assert_eq!(status(&targets, &rules, &series(&values), None), Some(code), "{values:?}");
+            assert_eq!(
+                status(&targets, &rules, &series(&values), None),
+                Some(code),
+                "{values:?}"
+            );
         }
     }
 
@@ -417,15 +433,22 @@ mod tests {
             worsening_points: 2.0,
         };
         let t = targets_for(&g, &code);
-        assert_eq!(status(&t, &strict, &series(&[19.0, 13.0]), None), Some("no-change"));
-        assert_eq!(status(&t, &strict, &series(&[19.0, 21.0]), None), Some("worsening"));
+        assert_eq!(
+            status(&t, &strict, &series(&[19.0, 13.0]), None),
+            Some("no-change")
+        );
+        assert_eq!(
+            status(&t, &strict, &series(&[19.0, 21.0]), None),
+            Some("worsening")
+        );
     }
 
     #[test]
     fn evaluate_keeps_other_references_and_replaces_scores() {
         let code = json!({"system": "http://loinc.org", "code": "44261-6"});
         let mut g = goal();
-        g["outcomeReference"] = json!([{"reference": "DocumentReference/d"}, {"reference": "Observation/gone"}]);
+        g["outcomeReference"] =
+            json!([{"reference": "DocumentReference/d"}, {"reference": "Observation/gone"}]);
         let s = series(&[19.0, 13.0]);
         let known: HashSet<String> = ["Observation/gone", "Observation/o0", "Observation/o1"]
             .into_iter()

@@ -126,10 +126,13 @@ impl Scoring {
         };
         match one(ext, "method")?.map(|m| &m["valueCode"]) {
             Some(Value::String(m)) if m == "sum" => {}
-            Some(other) => return Err(invalid(format!("method {other} is not supported (sum is)"))),
+            Some(other) => {
+                return Err(invalid(format!("method {other} is not supported (sum is)")))
+            }
             None => return Err(invalid("'method' is required")),
         }
-        let total_code = coding(ext, "totalCode")?.ok_or_else(|| invalid("'totalCode' is required"))?;
+        let total_code =
+            coding(ext, "totalCode")?.ok_or_else(|| invalid("'totalCode' is required"))?;
         let total_link_id = match one(ext, "totalLinkId")? {
             None => None,
             Some(e) => Some(
@@ -143,8 +146,8 @@ impl Scoring {
         for b in sub(ext, "band") {
             let low = decimal(b, "low")?.ok_or_else(|| invalid("a band needs 'low'"))?;
             let high = decimal(b, "high")?.ok_or_else(|| invalid("a band needs 'high'"))?;
-            let interpretation =
-                coding(b, "interpretation")?.ok_or_else(|| invalid("a band needs 'interpretation'"))?;
+            let interpretation = coding(b, "interpretation")?
+                .ok_or_else(|| invalid("a band needs 'interpretation'"))?;
             if low > high {
                 return Err(invalid(format!("band [{low}, {high}] is empty")));
             }
@@ -163,7 +166,8 @@ impl Scoring {
         }
         let d = GoalRules::default();
         let rules = GoalRules {
-            improvement_percent: decimal(ext, "improvementPercent")?.unwrap_or(d.improvement_percent),
+            improvement_percent: decimal(ext, "improvementPercent")?
+                .unwrap_or(d.improvement_percent),
             improvement_points: decimal(ext, "improvementPoints")?.unwrap_or(d.improvement_points),
             worsening_points: decimal(ext, "worseningPoints")?.unwrap_or(d.worsening_points),
         };
@@ -185,7 +189,9 @@ impl Scoring {
 
     /// The band a total falls in.
     pub fn band(&self, total: f64) -> Option<&Band> {
-        self.bands.iter().find(|b| b.low <= total && total <= b.high)
+        self.bands
+            .iter()
+            .find(|b| b.low <= total && total <= b.high)
     }
 }
 
@@ -246,7 +252,8 @@ pub fn option_score(item: &Value, answer: &Value) -> FhirResult<Option<f64>> {
     options
         .iter()
         .find(|o| {
-            o["valueCoding"]["system"] == coding["system"] && o["valueCoding"]["code"] == coding["code"]
+            o["valueCoding"]["system"] == coding["system"]
+                && o["valueCoding"]["code"] == coding["code"]
         })
         .and_then(|o| ordinal(o))
         .map(Some)
@@ -264,7 +271,11 @@ fn ordinal(option: &Value) -> Option<f64> {
         .as_array()?
         .iter()
         .find(|e| e["url"] == ORDINAL)
-        .and_then(|e| e["valueDecimal"].as_f64().or_else(|| e["valueInteger"].as_f64()))
+        .and_then(|e| {
+            e["valueDecimal"]
+                .as_f64()
+                .or_else(|| e["valueInteger"].as_f64())
+        })
 }
 
 /// A scored response.
@@ -373,7 +384,8 @@ mod tests {
     /// item scores, and falls in exactly the published band.
     #[test]
     fn every_answer_pattern_scores_its_sum_and_band() {
-        let published: [(&str, usize, &[(u8, u8, &str)]); 2] = [
+        type Bands = &'static [(u8, u8, &'static str)];
+        let published: [(&str, usize, Bands); 2] = [
             (
                 "phq-9",
                 9,
@@ -388,17 +400,38 @@ mod tests {
             (
                 "gad-7",
                 7,
-                &[(0, 4, "minimal"), (5, 9, "mild"), (10, 14, "moderate"), (15, 21, "severe")],
+                &[
+                    (0, 4, "minimal"),
+                    (5, 9, "mild"),
+                    (10, 14, "moderate"),
+                    (15, 21, "severe"),
+                ],
             ),
         ];
         for (name, n, bands) in published {
             let q = instrument(name);
             let scoring = Scoring::of(&q).unwrap().unwrap();
+            // The answer items of each score, built once: 4^9 responses are many.
+            let items: Vec<Vec<Value>> = (0..4u8)
+                .map(|s| {
+                    response(&q, &vec![s; n])["item"]
+                        .as_array()
+                        .unwrap()
+                        .clone()
+                })
+                .collect();
             let mut count = 0;
             for pattern in 0..4u32.pow(n as u32) {
                 let scores: Vec<u8> = (0..n).map(|i| ((pattern >> (2 * i)) & 3) as u8).collect();
                 let want: u32 = scores.iter().map(|s| *s as u32).sum();
-                let got = score(&q, &scoring, &response(&q, &scores)).unwrap();
+                let answers: Vec<Value> = scores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| items[*s as usize][i].clone())
+                    .collect();
+                let r = json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+                    "item": answers});
+                let got = score(&q, &scoring, &r).unwrap();
                 assert_eq!(got.total, want as f64, "{name} {scores:?}");
                 let band = bands
                     .iter()
@@ -428,10 +461,16 @@ mod tests {
         assert_eq!(score(&q, &scoring, &r).unwrap().total, 9.0);
         let mut bad = response(&q, &[1; 9]);
         bad["item"][0]["answer"][0]["valueCoding"]["code"] = json!("LA-nope");
-        assert!(matches!(score(&q, &scoring, &bad), Err(FhirError::Unprocessable(_))));
+        assert!(matches!(
+            score(&q, &scoring, &bad),
+            Err(FhirError::Unprocessable(_))
+        ));
         let mut short = response(&q, &[1; 9]);
         short["item"].as_array_mut().unwrap().pop();
-        assert!(matches!(score(&q, &scoring, &short), Err(FhirError::Unprocessable(_))));
+        assert!(matches!(
+            score(&q, &scoring, &short),
+            Err(FhirError::Unprocessable(_))
+        ));
         short["status"] = json!("in-progress");
         assert_eq!(score(&q, &scoring, &short).unwrap().total, 8.0);
     }
@@ -449,6 +488,9 @@ mod tests {
         // The first band [0, 4] widened to overlap [5, 9].
         q["extension"][0]["extension"][3]["extension"][1]["valueDecimal"] = json!(6);
         assert!(Scoring::of(&q).is_err());
-        assert_eq!(Scoring::of(&json!({"resourceType": "Questionnaire"})).unwrap(), None);
+        assert_eq!(
+            Scoring::of(&json!({"resourceType": "Questionnaire"})).unwrap(),
+            None
+        );
     }
 }

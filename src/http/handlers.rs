@@ -768,7 +768,10 @@ pub async fn extract(
     let bundle = st.engine.extract(&caller.0, response.clone()).await?;
     note(&req, &st, || {
         let mut e = vec![crate::audit::query_entity("QuestionnaireResponse/$extract")];
-        if let Some(p) = response["subject"]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")) {
+        if let Some(p) = response["subject"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("Patient/"))
+        {
             e.push(crate::audit::patient_entity(p));
         }
         e
@@ -785,7 +788,10 @@ pub async fn extract_instance(
 ) -> Reply {
     let out = negotiate(&req)?;
     let id = path.into_inner();
-    let stored = st.engine.read(&caller.0, "QuestionnaireResponse", &id).await?;
+    let stored = st
+        .engine
+        .read(&caller.0, "QuestionnaireResponse", &id)
+        .await?;
     let response: Value = serde_json::from_str(stored.content.as_deref().unwrap_or("null"))
         .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
     let bundle = st.engine.extract(&caller.0, response).await?;
@@ -812,7 +818,11 @@ pub async fn progress(
         || query_params(&req)
             .iter()
             .any(|(k, v)| k == "_format" && v == "image/svg+xml");
-    let out = if wants_svg { None } else { Some(negotiate(&req)?) };
+    let out = if wants_svg {
+        None
+    } else {
+        Some(negotiate(&req)?)
+    };
     let id = path.into_inner();
     let (plan, goals, measures) = st.engine.progress(&caller.0, &id).await?;
     note(&req, &st, || {

@@ -3,15 +3,15 @@
 
 use serde_json::{json, Value};
 
+use super::derive::current;
 use super::{admit, rule, write::Cx, Engine, Stored};
 use crate::auth::{Access, Perm};
 use crate::care::extract::{self, derived_id};
 use crate::care::progress::{self, Measure};
 use crate::care::scoring::{same_coding, Band, Scoring};
-use crate::store::DbConn;
-use super::derive::current;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir;
+use crate::store::DbConn;
 
 fn content(s: &Stored) -> FhirResult<Value> {
     serde_json::from_str(s.content.as_deref().unwrap_or("null"))
@@ -23,8 +23,9 @@ impl Engine {
     /// (nothing is stored). A response with an id gets `PUT`s to the ids the server itself would
     /// derive, so submitting the Bundle revises rather than duplicates.
     pub async fn extract(&self, access: &Access, response: Value) -> FhirResult<Value> {
-        let response = fhir::check_resource(&response)
-            .map_err(|e| FhirError::Unprocessable(format!("the QuestionnaireResponse is not valid: {e}")))?;
+        let response = fhir::check_resource(&response).map_err(|e| {
+            FhirError::Unprocessable(format!("the QuestionnaireResponse is not valid: {e}"))
+        })?;
         if response["resourceType"] != "QuestionnaireResponse" {
             return Err(FhirError::invalid(
                 "$extract takes a QuestionnaireResponse",
@@ -33,7 +34,14 @@ impl Engine {
         }
         let id = response["id"].as_str().unwrap_or_default().to_string();
         let r = rule(access, Perm::Read, "QuestionnaireResponse")?;
-        admit(&r, "QuestionnaireResponse", &id, &response, &self.base_url, "extracting")?;
+        admit(
+            &r,
+            "QuestionnaireResponse",
+            &id,
+            &response,
+            &self.base_url,
+            "extracting",
+        )?;
         let canonical = response["questionnaire"]
             .as_str()
             .ok_or_else(|| {
@@ -92,7 +100,11 @@ impl Engine {
     /// `$progress`: for each Goal of the plan the caller may read, each of its measured targets
     /// with the patient's scores (as far as the caller may read them), baseline, latest, trend,
     /// status and the measure's severity bands.
-    pub async fn progress(&self, access: &Access, plan_id: &str) -> FhirResult<(Stored, Vec<Stored>, Vec<Measure>)> {
+    pub async fn progress(
+        &self,
+        access: &Access,
+        plan_id: &str,
+    ) -> FhirResult<(Stored, Vec<Stored>, Vec<Measure>)> {
         let plan = self.read(access, "CarePlan", plan_id).await?;
         let p = content(&plan)?;
         let patient = p["subject"]["reference"]
@@ -153,7 +165,10 @@ impl Engine {
                             Some(last) => bands_of(&scx, conn, &last.reference, &code)?,
                             None => Vec::new(),
                         };
-                        let targets: Vec<Value> = progress::targets_for(g, &code).into_iter().cloned().collect();
+                        let targets: Vec<Value> = progress::targets_for(g, &code)
+                            .into_iter()
+                            .cloned()
+                            .collect();
                         let baseline = progress::baseline(&series, progress::start_of(g)).cloned();
                         out.push(Measure {
                             goal: format!("Goal/{gid}"),
@@ -162,7 +177,9 @@ impl Engine {
                             targets,
                             trend: progress::trend(&series),
                             baseline,
-                            status: g["achievementStatus"]["coding"][0]["code"].as_str().map(str::to_string),
+                            status: g["achievementStatus"]["coding"][0]["code"]
+                                .as_str()
+                                .map(str::to_string),
                             series,
                             bands,
                         });
@@ -188,10 +205,19 @@ fn bands_of(scx: &Cx, conn: &mut DbConn, observation: &str, code: &Value) -> Fhi
         .flatten()
         .filter_map(|d| d["reference"].as_str())
         .find_map(|r| r.strip_prefix("QuestionnaireResponse/"));
-    let Some(r) = qr.map(|id| current(conn, "QuestionnaireResponse", id)).transpose()?.flatten() else {
+    let Some(r) = qr
+        .map(|id| current(conn, "QuestionnaireResponse", id))
+        .transpose()?
+        .flatten()
+    else {
         return Ok(Vec::new());
     };
-    let Some(q) = r["questionnaire"].as_str().map(|c| scx.questionnaire_of(conn, c)).transpose()?.flatten() else {
+    let Some(q) = r["questionnaire"]
+        .as_str()
+        .map(|c| scx.questionnaire_of(conn, c))
+        .transpose()?
+        .flatten()
+    else {
         return Ok(Vec::new());
     };
     Ok(match Scoring::of(&q) {

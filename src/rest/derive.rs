@@ -106,9 +106,13 @@ impl Cx<'_> {
             return Ok(Some(q));
         }
         // `Questionnaire/{id}`, relative or under our base.
-        let local = url.strip_prefix(self.engine.base_url.as_str()).unwrap_or(url);
+        let local = url
+            .strip_prefix(self.engine.base_url.as_str())
+            .unwrap_or(url);
         match local.trim_start_matches('/').split_once('/') {
-            Some(("Questionnaire", id)) if crate::fhir::valid_id(id) => current(conn, "Questionnaire", id),
+            Some(("Questionnaire", id)) if crate::fhir::valid_id(id) => {
+                current(conn, "Questionnaire", id)
+            }
             _ => Ok(None),
         }
     }
@@ -163,7 +167,12 @@ impl Cx<'_> {
         let response = match &stored.content {
             Some(c) => parse(c)?,
             None if stored.version > 1 => {
-                match store::version(conn, "QuestionnaireResponse", &stored.id, Some(stored.version - 1))? {
+                match store::version(
+                    conn,
+                    "QuestionnaireResponse",
+                    &stored.id,
+                    Some(stored.version - 1),
+                )? {
                     Some(prev) if !prev.is_deleted() => parse(&prev.content)?,
                     _ => return Ok(Vec::new()),
                 }
@@ -211,7 +220,15 @@ impl Cx<'_> {
         );
         match (&patient, live) {
             (Some(p), true) if !extraction.signals.is_empty() => {
-                written.extend(self.raise_safety(conn, p, &source, &response, &extraction.signals, &flag_id, &task_id)?);
+                written.extend(self.raise_safety(
+                    conn,
+                    p,
+                    &source,
+                    &response,
+                    &extraction.signals,
+                    &flag_id,
+                    &task_id,
+                )?);
             }
             (_, false) => {
                 written.extend(self.retract(conn, "Flag", &flag_id)?);
@@ -280,7 +297,12 @@ impl Cx<'_> {
 
     /// The care team of the patient's active CarePlan, else their active CareTeam.
     fn care_team_of(&self, conn: &mut DbConn, patient: &str) -> FhirResult<Option<String>> {
-        let plans = self.matches(conn, "CarePlan", &format!("subject=Patient/{patient}&status=active"), 20)?;
+        let plans = self.matches(
+            conn,
+            "CarePlan",
+            &format!("subject=Patient/{patient}&status=active"),
+            20,
+        )?;
         for id in plans {
             if let Some(plan) = current(conn, "CarePlan", &id)? {
                 if let Some(team) = plan["careTeam"]
@@ -294,7 +316,12 @@ impl Cx<'_> {
                 }
             }
         }
-        let teams = self.matches(conn, "CareTeam", &format!("subject=Patient/{patient}&status=active"), 1)?;
+        let teams = self.matches(
+            conn,
+            "CareTeam",
+            &format!("subject=Patient/{patient}&status=active"),
+            1,
+        )?;
         Ok(teams.into_iter().next().map(|id| format!("CareTeam/{id}")))
     }
 
@@ -348,7 +375,12 @@ impl Cx<'_> {
     }
 
     /// Re-evaluates the patient's open Goals measured by this scoring's total.
-    fn evaluate_goals(&self, conn: &mut DbConn, patient: &str, sc: &Scoring) -> FhirResult<Vec<Stored>> {
+    fn evaluate_goals(
+        &self,
+        conn: &mut DbConn,
+        patient: &str,
+        sc: &Scoring,
+    ) -> FhirResult<Vec<Stored>> {
         let mut goals = Vec::new();
         for id in self.matches(conn, "Goal", &format!("patient=Patient/{patient}"), 200)? {
             if let Some(g) = current(conn, "Goal", &id)? {

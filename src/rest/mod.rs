@@ -695,9 +695,8 @@ impl Engine {
         let seed = AuditSeed::new(Interaction::Create, Some(&server), None, &self.base_url);
         let mut out = Vec::new();
         for q in instruments {
-            let q = fhir::check_resource(&q).map_err(|e| {
-                FhirError::Unprocessable(format!("instrument {}: {e}", q["url"]))
-            })?;
+            let q = fhir::check_resource(&q)
+                .map_err(|e| FhirError::Unprocessable(format!("instrument {}: {e}", q["url"])))?;
             let cond = crate::care::instruments::condition(&q)?;
             let name = format!(
                 "{}|{}",
@@ -710,7 +709,9 @@ impl Engine {
                     access: &server,
                     seed: Some(&seed),
                 };
-                if let Some(existing) = cx.existing_match(conn, "Questionnaire", &cond, "instrument")? {
+                if let Some(existing) =
+                    cx.existing_match(conn, "Questionnaire", &cond, "instrument")?
+                {
                     return Ok((existing.id, false));
                 }
                 let id = match q["id"].as_str() {

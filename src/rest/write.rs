@@ -7,8 +7,9 @@ use std::collections::{HashSet, VecDeque};
 use serde_json::Value;
 
 use super::{
-    admit, admit_current, audit_write, audit_write_with, body_type, check_if_match, ensure_type, ensure_writable,
-    integrity, patch::Patch, read_version, rule, write_version, Engine, Stored, Written,
+    admit, admit_current, audit_write, audit_write_with, body_type, check_if_match, ensure_type,
+    ensure_writable, integrity, patch::Patch, read_version, rule, write_version, Engine, Stored,
+    Written,
 };
 use crate::audit::{AuditSeed, Interaction};
 use crate::auth::{Access, Perm, Rule};
@@ -67,7 +68,16 @@ impl Cx<'_> {
         let s = write_version(conn, self.base(), None, ty, id, "POST", Some(resource))?;
         let derived = self.derive(conn, &s)?;
         let seed = self.seed_for(Interaction::Create);
-        audit_write_with(conn, seed.as_ref(), self.base(), 201, Some(&s), ty, id, &derived)?;
+        audit_write_with(
+            conn,
+            seed.as_ref(),
+            self.base(),
+            201,
+            Some(&s),
+            ty,
+            id,
+            &derived,
+        )?;
         Ok(Written {
             stored: s,
             created: true,
@@ -469,7 +479,16 @@ impl Cx<'_> {
             None => Vec::new(),
         };
         let seed = self.seed_for(Interaction::Delete);
-        audit_write_with(conn, seed.as_ref(), self.base(), 204, stored, ty, id, &derived)?;
+        audit_write_with(
+            conn,
+            seed.as_ref(),
+            self.base(),
+            204,
+            stored,
+            ty,
+            id,
+            &derived,
+        )?;
         Ok(written)
     }
 
