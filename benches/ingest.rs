@@ -127,6 +127,8 @@ fn main() -> Result<(), String> {
         pool_timeout_secs: 30,
         default_count: 50,
         max_count: 1000,
+        rate_limit_per_second: 0,
+        rate_limit_burst: 0,
         writes: WriteArgs::default(),
         auth: cairn::config::AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,

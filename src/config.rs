@@ -191,6 +191,18 @@ pub struct Settings {
           value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub default_count: i64,
 
+    /// Requests per second each client may make (a token bucket per client id, or per address
+    /// before authentication); 0 turns rate limiting off. Over it: 429 with Retry-After
+    #[arg(long, env = "CAIRN_RATE_LIMIT_PER_SECOND", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub rate_limit_per_second: u32,
+
+    /// Requests a client may make at once before the rate applies (the bucket's size; 0: the
+    /// same as CAIRN_RATE_LIMIT_PER_SECOND)
+    #[arg(long, env = "CAIRN_RATE_LIMIT_BURST", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub rate_limit_burst: u32,
+
     /// Largest page size a client may ask for with _count (larger values are capped)
     #[arg(long, env = "CAIRN_MAX_COUNT", default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=10_000))]

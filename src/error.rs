@@ -43,6 +43,9 @@ pub enum FhirError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The client's rate limit is spent; retry after this many seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     /// A bug or an unexpected failure: the detail goes to the log, the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -72,6 +75,7 @@ impl FhirError {
             FhirError::Unprocessable(_) => 422,
             FhirError::Internal(_) => 500,
             FhirError::Unavailable(_) => 503,
+            FhirError::TooManyRequests { .. } => 429,
         }
     }
 
@@ -90,6 +94,7 @@ impl FhirError {
             FhirError::PayloadTooLarge(_) => "too-costly",
             FhirError::Unprocessable(_) => "processing",
             FhirError::Unavailable(_) => "transient",
+            FhirError::TooManyRequests { .. } => "throttled",
             FhirError::Internal(_) => "exception",
         }
     }
@@ -132,6 +137,13 @@ impl FhirError {
             FhirError::UnsupportedMediaType(m) => FhirError::UnsupportedMediaType(p(m)),
             FhirError::Unprocessable(m) => FhirError::Unprocessable(p(m)),
             FhirError::Unavailable(m) => FhirError::Unavailable(p(m)),
+            FhirError::TooManyRequests {
+                message,
+                retry_after,
+            } => FhirError::TooManyRequests {
+                message: p(message),
+                retry_after,
+            },
             // Kept as they are: the engine retries the one, the other is logged and hidden.
             e @ (FhirError::WriteConflict | FhirError::Internal(_)) => e,
         }

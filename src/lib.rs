@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod metrics;
 pub mod rest;
 pub mod search;
 pub mod store;

@@ -34,6 +34,8 @@ enum Command {
     /// Check or export the audit trail
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the OpenAPI 3.1 description of the API (what openapi/cairn.yaml holds)
+    Openapi,
     /// Manage the scored instruments (canonical Questionnaires)
     #[command(subcommand)]
     Instruments(InstrumentsCommand),
@@ -197,6 +199,10 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(e),
             }
+        }
+        Command::Openapi => {
+            print!("{}", cairn::http::openapi::yaml());
+            ExitCode::SUCCESS
         }
         Command::Instruments(InstrumentsCommand::Load { dir, settings }) => {
             if let Err(e) = settings.validate() {

@@ -106,6 +106,7 @@ impl Auditor {
                     }
                     let (events, replies): (Vec<Prepared>, Vec<Reply>) = batch.into_iter().unzip();
                     let (n, started) = (events.len(), std::time::Instant::now());
+                    crate::metrics::AUDIT_BATCH.observe(n as f64);
                     let stored = commit(&store, events);
                     tracing::debug!(
                         events = n,

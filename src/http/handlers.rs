@@ -843,3 +843,25 @@ pub async fn progress(
         ),
     }
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+    let (in_use, idle, max) = st.engine.store.pool_state();
+    for (state, n) in [("in_use", in_use), ("idle", idle), ("max", max)] {
+        crate::metrics::POOL
+            .with_label_values(&[state])
+            .set(n as i64);
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::render())
+}
+
+/// `GET /openapi.json`: the OpenAPI 3.1 description of this server.
+pub async fn openapi() -> HttpResponse {
+    static DOC: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| super::openapi::document().to_string());
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(DOC.as_str())
+}

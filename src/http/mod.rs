@@ -4,6 +4,7 @@
 
 mod handlers;
 mod negotiate;
+pub mod openapi;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -29,6 +30,47 @@ pub struct AppState {
     /// None when auditing is off (`--audit disabled`).
     pub auditor: Option<Auditor>,
     pub max_body_size: usize,
+    /// Per-client token buckets; None when rate limiting is off.
+    pub rate_limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
+}
+
+impl AppState {
+    /// Takes one request from `key`'s bucket; 429 when it is empty.
+    fn rate_limit(&self, key: &str) -> Result<(), FhirError> {
+        use governor::clock::Clock;
+        let Some(limiter) = &self.rate_limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&key.to_string()).map_err(|not_until| {
+            crate::metrics::RATE_LIMITED.inc();
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            FhirError::TooManyRequests {
+                message: format!(
+                    "too many requests from this client; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+                retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
+    }
+}
+
+/// The route pattern, method, status and resource type of an answered request, counted.
+fn observe(req: &actix_web::HttpRequest, status: u16, elapsed: std::time::Duration) {
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let ty = req
+        .path()
+        .strip_prefix("/fhir/")
+        .and_then(|p| p.split('/').next())
+        .filter(|t| crate::fhir::is_enabled(t))
+        .unwrap_or("");
+    let method = req.method().as_str();
+    crate::metrics::REQUESTS
+        .with_label_values(&[route.as_str(), method, &status.to_string(), ty])
+        .inc();
+    crate::metrics::LATENCY
+        .with_label_values(&[route.as_str(), method])
+        .observe(elapsed.as_secs_f64());
 }
 
 /// What a handler tells the audit middleware about its interaction: the entities it touched, or
@@ -133,6 +175,9 @@ impl ResponseError for FhirError {
         match self {
             FhirError::Unavailable(_) => {
                 b.insert_header(("Retry-After", "1"));
+            }
+            FhirError::TooManyRequests { retry_after, .. } => {
+                b.insert_header(("Retry-After", retry_after.to_string()));
             }
             // RFC 6750 section 3: a challenge, with the error code once a token was presented.
             FhirError::Unauthorized { message, presented } => {
@@ -272,8 +317,21 @@ async fn authenticate(
         let access = match st.auth.authenticate(header.as_deref()).await {
             Ok(a) => a,
             // Answered here, as a response, so the audit layer around still sees the request.
-            Err(e) => return Ok(req.into_response(FhirError::from(e).error_response())),
+            Err(e) => {
+                let reason = if header.is_some() {
+                    "invalid_token"
+                } else {
+                    "no_token"
+                };
+                crate::metrics::AUTH_FAILURES
+                    .with_label_values(&[reason])
+                    .inc();
+                return Ok(req.into_response(FhirError::from(e).error_response()));
+            }
         };
+        if let Err(e) = st.rate_limit(&format!("client:{}", access.who())) {
+            return Ok(req.into_response(e.error_response()));
+        }
         // Who is calling, on the request's span (and so on every log line of it).
         let span = tracing::Span::current();
         span.record("client", access.who());
@@ -284,6 +342,17 @@ async fn authenticate(
             span.record("patient", p.as_str());
         }
         req.extensions_mut().insert(access);
+    } else if let Some(st) = req.app_data::<web::Data<AppState>>() {
+        // No client to name: the caller's address is the key.
+        let key = format!(
+            "addr:{}",
+            req.peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        );
+        if let Err(e) = st.rate_limit(&key) {
+            return Ok(req.into_response(e.error_response()));
+        }
     }
     next.call(req)
         .await
@@ -358,6 +427,12 @@ impl Application {
             auth: Arc::new(auth),
             auditor,
             max_body_size: settings.max_body_size as usize,
+            rate_limiter: std::num::NonZeroU32::new(settings.rate_limit_per_second).map(|rate| {
+                let burst = std::num::NonZeroU32::new(settings.rate_limit_burst).unwrap_or(rate);
+                Arc::new(governor::RateLimiter::keyed(
+                    governor::Quota::per_second(rate).allow_burst(burst),
+                ))
+            }),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -382,9 +457,11 @@ impl Application {
                             res.headers_mut()
                                 .insert(HeaderName::from_static("x-request-id"), v);
                         }
+                        let elapsed = started.elapsed();
+                        observe(res.request(), res.status().as_u16(), elapsed);
                         tracing::info!(
                             status = res.status().as_u16(),
-                            ms = started.elapsed().as_millis() as u64,
+                            ms = elapsed.as_millis() as u64,
                             "request done"
                         );
                         Ok(res)
@@ -393,6 +470,8 @@ impl Application {
                 })
                 .route("/healthz", web::get().to(handlers::healthz))
                 .route("/readyz", web::get().to(handlers::readyz))
+                .route("/metrics", web::get().to(handlers::metrics))
+                .route("/openapi.json", web::get().to(handlers::openapi))
                 .route(
                     "/.well-known/smart-configuration",
                     web::get().to(handlers::smart_configuration),

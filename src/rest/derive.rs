@@ -383,6 +383,9 @@ impl Cx<'_> {
     ) -> FhirResult<Vec<Stored>> {
         let mut goals = Vec::new();
         for id in self.matches(conn, "Goal", &format!("patient=Patient/{patient}"), 200)? {
+            // Locked before the scores are read: a concurrent score's transaction re-evaluates
+            // after this one commits (and sees its score), so neither evaluation is lost.
+            store::current_for_update(conn, "Goal", &id)?;
             if let Some(g) = current(conn, "Goal", &id)? {
                 let open = !matches!(
                     g["lifecycleStatus"].as_str(),

@@ -224,7 +224,11 @@ impl Engine {
         let link = |extra: Option<(i64, i64)>| {
             let mut ser = url::form_urlencoded::Serializer::new(String::new());
             for (k, v) in params.iter().filter(|(k, _)| k != CURSOR) {
-                ser.append_pair(k, v);
+                // The page size served, not the one asked for.
+                match (k.as_str(), v.parse::<i64>()) {
+                    ("_count", Ok(n)) => ser.append_pair(k, &n.min(self.max_count).to_string()),
+                    _ => ser.append_pair(k, v),
+                };
             }
             if let Some((lu, seq)) = extra {
                 ser.append_pair(CURSOR, &format!("{lu}.{seq}"));

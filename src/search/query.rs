@@ -815,7 +815,8 @@ pub fn parse(
                     return Err(bad(name, "must not be negative"));
                 }
                 q.count = n.min(opts.max_count);
-                keep(&mut q);
+                // Links show the page size served, not the one asked for.
+                q.link_params.push((name.clone(), q.count.to_string()));
             }
             "_total" => {
                 q.total = match value.as_str() {

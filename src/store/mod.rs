@@ -168,10 +168,24 @@ impl Store {
     }
 
     fn conn(&self) -> FhirResult<PooledConnection<ConnectionManager<DbConn>>> {
-        self.pool.get().map_err(|e| {
+        crate::metrics::POOL_WAITING.inc();
+        let got = self.pool.get();
+        crate::metrics::POOL_WAITING.dec();
+        got.map_err(|e| {
+            crate::metrics::POOL_TIMEOUTS.inc();
             tracing::warn!(error = %e, "no database connection available");
             FhirError::Unavailable("the database is unavailable; retry later".into())
         })
+    }
+
+    /// The pool's connections: (in use, idle, maximum).
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        let s = self.pool.state();
+        (
+            s.connections - s.idle_connections,
+            s.idle_connections,
+            self.pool.max_size(),
+        )
     }
 
     /// Runs read-only work on a blocking thread.

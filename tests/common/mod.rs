@@ -69,6 +69,8 @@ pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
         pool_timeout_secs: 2,
         default_count: 50,
         max_count: 1000,
+        rate_limit_per_second: 0,
+        rate_limit_burst: 0,
         writes: WriteArgs::default(),
         auth: AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,

@@ -1,0 +1,203 @@
+//! Operations over real HTTP, on SQLite and on PostgreSQL: Prometheus metrics, the per-client
+//! rate limit, and the page-size cap.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{spawn_app_with, Backend, TestApp};
+use serde_json::json;
+
+/// The samples of a Prometheus text page, by series (name with labels).
+fn scrape(app: &TestApp) -> (HashMap<String, f64>, HashMap<String, String>) {
+    let r = app.send(
+        "GET",
+        &format!("{}/metrics", app.root),
+        &[("Authorization", "")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("Content-Type").unwrap().starts_with("text/plain"));
+    let (mut samples, mut types) = (HashMap::new(), HashMap::new());
+    for line in r.text().lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            types.insert(
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap().to_string(),
+            );
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        samples.insert(series.to_string(), value.parse::<f64>().unwrap());
+    }
+    (samples, types)
+}
+
+fn grown(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    pred: impl Fn(&str) -> bool,
+) -> f64 {
+    after
+        .iter()
+        .filter(|(k, _)| pred(k))
+        .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+        .sum()
+}
+
+fn metrics_count_requests_latency_auth_and_pool(app: &TestApp) {
+    assert_eq!(app.get("metadata").status, 200);
+    let (before, types) = scrape(app);
+    assert_eq!(types["cairn_http_request_duration_seconds"], "histogram");
+    assert_eq!(types["cairn_audit_batch_size"], "histogram");
+    for name in [
+        "cairn_http_requests_total",
+        "cairn_auth_failures_total",
+        "cairn_db_pool_timeouts_total",
+    ] {
+        assert_eq!(types[name], "counter", "{name}");
+    }
+    app.create(&json!({"resourceType": "Patient"}));
+    for _ in 0..5 {
+        assert_eq!(app.get("Patient?_count=1").status, 200);
+    }
+    for _ in 0..3 {
+        let r = app.send(
+            "GET",
+            "Patient",
+            &[("Authorization", "Bearer nonsense")],
+            None,
+        );
+        assert_eq!(r.status, 401);
+    }
+    let (after, _) = scrape(app);
+    // Other tests in this process count too: the growth is at least ours.
+    let searches = grown(&before, &after, |k| {
+        k.starts_with("cairn_http_requests_total{")
+            && k.contains("method=\"GET\"")
+            && k.contains("route=\"/fhir/{type}\"")
+            && k.contains("status=\"200\"")
+            && k.contains("type=\"Patient\"")
+    });
+    assert!(searches >= 5.0, "{searches}");
+    assert!(
+        grown(&before, &after, |k| k.starts_with(
+            "cairn_auth_failures_total{reason=\"invalid_token\""
+        )) >= 3.0
+    );
+    assert!(
+        grown(&before, &after, |k| k
+            .starts_with("cairn_http_request_duration_seconds_count"))
+            >= 9.0
+    );
+    assert!(after.keys().any(
+        |k| k.starts_with("cairn_http_request_duration_seconds_bucket{")
+            && k.contains("le=\"0.005\"")
+    ));
+    assert!(after["cairn_db_pool_connections{state=\"max\"}"] >= 1.0);
+    assert!(after.contains_key("cairn_db_pool_waiting"));
+    // Reads were audited in batches.
+    assert!(grown(&before, &after, |k| k == "cairn_audit_batch_size_count") >= 1.0);
+}
+
+fn pages_are_capped_and_links_say_so(app: &TestApp) {
+    for _ in 0..7 {
+        app.create(&json!({"resourceType": "Patient", "name": [{"family": "Capped"}]}));
+    }
+    let b = app.get("Patient?family=Capped&_count=500").json();
+    assert_eq!(b["entry"].as_array().unwrap().len(), 5);
+    let self_link = common::link(&b, "self").unwrap();
+    assert!(
+        self_link.contains("_count=5") && !self_link.contains("_count=500"),
+        "{self_link}"
+    );
+    assert!(common::link(&b, "next").unwrap().contains("_count=5"));
+    assert_eq!(app.all_entries("Patient?family=Capped&_count=500").len(), 7);
+    let h = app.get("Patient/_history?_count=500").json();
+    assert_eq!(h["entry"].as_array().unwrap().len(), 5);
+    assert!(
+        common::link(&h, "self").unwrap().contains("_count=5&")
+            || common::link(&h, "self").unwrap().ends_with("_count=5")
+    );
+}
+
+fn capped(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |s| s.max_count = 5)
+}
+
+#[test]
+fn sqlite_pages_are_capped() {
+    pages_are_capped_and_links_say_so(&capped(Backend::Sqlite).unwrap());
+}
+
+#[test]
+fn postgres_pages_are_capped() {
+    if let Some(app) = capped(Backend::Postgres) {
+        pages_are_capped_and_links_say_so(&app);
+    }
+}
+
+/// Over the token bucket (5/s, burst 5): 429 with an OperationOutcome and Retry-After; the client
+/// is served again once it refills; another client has its own bucket.
+fn rate_limit_is_per_client(app: &TestApp) {
+    let statuses: Vec<u16> = (0..30)
+        .map(|_| app.get("Patient?_count=1").status)
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!((5..=10).contains(&ok), "{ok} of 30 served: {statuses:?}");
+    let r = app.get("Patient?_count=1");
+    let oo = r.outcome(429);
+    assert_eq!(oo["issue"][0]["code"], "throttled");
+    assert!(r.header("Retry-After").unwrap().parse::<u64>().unwrap() >= 1);
+    let other_client = app.mint(&cairn::auth::server::Mint {
+        subject: "another".into(),
+        client_id: "another-client".into(),
+        scope: "system/*.rs".into(),
+        patient: None,
+        fhir_user: None,
+        lifetime: 600,
+    });
+    let r = app.send(
+        "GET",
+        "Patient?_count=1",
+        &[("Authorization", &format!("Bearer {other_client}"))],
+        None,
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "another client has its own bucket: {}",
+        r.text()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert_eq!(app.get("Patient?_count=1").status, 200);
+}
+
+fn limited(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |s| {
+        s.rate_limit_per_second = 5;
+        s.rate_limit_burst = 5;
+    })
+}
+
+#[test]
+fn sqlite_rate_limit() {
+    rate_limit_is_per_client(&limited(Backend::Sqlite).unwrap());
+}
+
+#[test]
+fn postgres_rate_limit() {
+    if let Some(app) = limited(Backend::Postgres) {
+        rate_limit_is_per_client(&app);
+    }
+}
+
+on_both_backends!(metrics_count_requests_latency_auth_and_pool);
