@@ -157,17 +157,34 @@ impl FhirError {
         let mut issue = json!({
             "severity": if self.status() >= 500 { "fatal" } else { "error" },
             "code": self.issue_code(),
-            "diagnostics": text,
+            "diagnostics": fhir_string(&text),
         });
         if let FhirError::Invalid {
             expression: Some(e),
             ..
         } = self
         {
-            issue["expression"] = json!([e]);
+            issue["expression"] = json!([fhir_string(e)]);
         }
         json!({"resourceType": "OperationOutcome", "issue": [issue]})
     }
+}
+
+/// Text made a valid FHIR `string` (`[ \r\n\t\S]+`): a message may quote what a client sent,
+/// control characters and odd whitespace included; those are shown as `\u{..}` escapes.
+fn fhir_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if (c.is_control() || c.is_whitespace()) && !matches!(c, ' ' | '\r' | '\n' | '\t') {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    if out.trim().is_empty() {
+        out = "(no detail)".into();
+    }
+    out
 }
 
 /// An OperationOutcome that reports success (for `Prefer: return=OperationOutcome`).
@@ -187,5 +204,26 @@ impl From<crate::auth::AuthError> for FhirError {
                 message: other.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client sent, quoted in a message, never makes the OperationOutcome invalid FHIR.
+    #[test]
+    fn diagnostics_are_valid_fhir_strings() {
+        let e = FhirError::NotAcceptable("_format=|\u{2}x\u{c}\u{a0}y is not supported".into());
+        let d = e.operation_outcome()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(d, "_format=|\\u{2}x\\u{c}\\u{a0}y is not supported");
+        assert!(d
+            .chars()
+            .all(|c| !c.is_control() && (!c.is_whitespace() || c == ' ')));
+        assert_eq!(fhir_string("\u{1}"), "\\u{1}");
+        assert_eq!(fhir_string("line\nnext\tcol"), "line\nnext\tcol");
     }
 }

@@ -196,13 +196,13 @@ fn type_routes(writable: bool) -> Vec<(&'static str, Vec<Op>)> {
 fn other_routes() -> Vec<(&'static str, bool, Vec<Op>)> {
     // (path, needs a token, operations)
     vec![
-        ("/healthz", false, vec![op("get", "healthz", "Liveness", None, "json", "200")]),
-        ("/readyz", false, vec![op("get", "readyz", "Readiness: the database answers", None, "json", "200")]),
+        ("/healthz", false, vec![op("get", "healthz", "Liveness", None, "health", "200")]),
+        ("/readyz", false, vec![op("get", "readyz", "Readiness: the database answers", None, "health", "200")]),
         ("/metrics", false, vec![op("get", "metrics", "Prometheus metrics", None, "text", "200")]),
         ("/openapi.json", false, vec![op("get", "openapi", "This document", None, "json", "200")]),
         ("/.well-known/smart-configuration", false, vec![op("get", "smart-configuration-root", "SMART discovery", None, "json", "200")]),
         ("/fhir/.well-known/smart-configuration", false, vec![op("get", "smart-configuration", "SMART discovery", None, "json", "200")]),
-        ("/auth/jwks", false, vec![op("get", "jwks", "The server's public signing keys", None, "json", "200")]),
+        ("/auth/jwks", false, vec![op("get", "jwks", "The server's public signing keys", None, "jwks", "200")]),
         ("/auth/token", false, vec![op("post", "token", "OAuth 2.0 token endpoint (SMART Backend Services: client_credentials with a client assertion)", None, "json", "200")]),
         ("/fhir/metadata", false, vec![op("get", "capabilities", "CapabilityStatement", None, "resource:CapabilityStatement", "200")]),
         ("/fhir", true, vec![
@@ -258,6 +258,8 @@ fn responses(o: &Op, ty: Option<&str>) -> Value {
             json!({"application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}}}),
         ),
         "json" => Some(json!({"application/json": {"schema": {"type": "object"}}})),
+        "health" => Some(json!({"application/health+json": {"schema": {"type": "object"}}})),
+        "jwks" => Some(json!({"application/jwk-set+json": {"schema": {"type": "object"}}})),
         "text" => Some(json!({"text/plain": {"schema": {"type": "string"}}})),
         _ => None,
     };
@@ -284,6 +286,18 @@ fn responses(o: &Op, ty: Option<&str>) -> Value {
             r.insert(
                 "304".into(),
                 json!({"description": "Not modified (If-None-Match / If-Modified-Since)"}),
+            );
+        }
+    }
+    if o.id == "token" {
+        // RFC 6749 section 5.2: the token endpoint's errors are OAuth's, not OperationOutcomes.
+        for code in ["400", "401"] {
+            r.insert(
+                code.into(),
+                json!({"description": "An OAuth 2.0 error",
+                "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["error"], "properties": {"error": {"type": "string"},
+                    "error_description": {"type": "string"}}}}}}),
             );
         }
     }
