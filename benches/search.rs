@@ -125,6 +125,7 @@ fn main() -> Result<(), String> {
         max_count: 1000,
         rate_limit_per_second: 0,
         rate_limit_burst: 0,
+        request_timeout_secs: 60,
         writes: cairn::config::WriteArgs::default(),
         auth: cairn::config::AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,

@@ -186,6 +186,12 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub pool_timeout_secs: u64,
 
+    /// Seconds a request's database work may take before it gets 503 (0: no limit); on
+    /// PostgreSQL also each statement's timeout
+    #[arg(long, env = "CAIRN_REQUEST_TIMEOUT", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub request_timeout_secs: u64,
+
     /// Page size of history (and search) Bundles when the client gives no _count
     #[arg(long, env = "CAIRN_DEFAULT_COUNT", default_value_t = 50,
           value_parser = clap::value_parser!(i64).range(1..=10_000))]

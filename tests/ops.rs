@@ -201,3 +201,61 @@ fn postgres_rate_limit() {
 }
 
 on_both_backends!(metrics_count_requests_latency_auth_and_pool);
+
+/// A write stuck behind another transaction's lock is answered 503 (with Retry-After) at the
+/// request deadline, and the resource is unchanged.
+fn stuck_database_work_meets_the_deadline(app: &TestApp) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let p = app.create(&json!({"resourceType": "Patient", "active": false}));
+    let id = p["id"].as_str().unwrap().to_string();
+    // Another session holds the lock the write needs, in an open transaction.
+    let mut holder: Box<dyn SimpleConnection> = match app.db_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let mut c = diesel::SqliteConnection::establish(path).unwrap();
+            c.batch_execute("BEGIN IMMEDIATE").unwrap();
+            Box::new(c)
+        }
+        None => {
+            let mut c = diesel::PgConnection::establish(&app.db_url).unwrap();
+            c.batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM resources WHERE res_type = 'Patient' AND res_id = '{id}' FOR UPDATE"
+            ))
+            .unwrap();
+            Box::new(c)
+        }
+    };
+    let started = std::time::Instant::now();
+    let r = app.json(
+        "PUT",
+        &format!("Patient/{id}"),
+        &json!({"resourceType": "Patient", "id": id, "active": true}),
+        &[],
+    );
+    let waited = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.outcome(503)["issue"][0]["code"], "transient");
+    assert!(r.header("Retry-After").is_some());
+    assert!(waited < std::time::Duration::from_secs(8), "{waited:?}");
+    holder.batch_execute("ROLLBACK").unwrap();
+    drop(holder);
+    // Give the abandoned write time to fail on its own, then check nothing changed.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(app.get(&format!("Patient/{id}")).json()["active"], false);
+}
+
+fn with_deadline(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |s| s.request_timeout_secs = 1)
+}
+
+#[test]
+fn sqlite_deadline() {
+    stuck_database_work_meets_the_deadline(&with_deadline(Backend::Sqlite).unwrap());
+}
+
+#[test]
+fn postgres_deadline() {
+    if let Some(app) = with_deadline(Backend::Postgres) {
+        stuck_database_work_meets_the_deadline(&app);
+    }
+}

@@ -86,12 +86,15 @@ type Queued = (Prepared, Reply);
 pub struct Auditor {
     queue: mpsc::Sender<Queued>,
     base_url: String,
+    /// The request deadline: a record not durable by then fails its request (503).
+    deadline: Option<std::time::Duration>,
 }
 
 impl Auditor {
     pub fn start(store: Store, base_url: String) -> Auditor {
         let (queue, rx) = mpsc::channel::<Queued>();
         let base = base_url.clone();
+        let deadline = store.deadline();
         thread::Builder::new()
             .name("cairn-audit".into())
             .spawn(move || {
@@ -129,6 +132,7 @@ impl Auditor {
         Auditor {
             queue,
             base_url: base,
+            deadline,
         }
     }
 
@@ -146,8 +150,18 @@ impl Auditor {
         self.queue
             .send((prepared, tx))
             .map_err(|_| FhirError::Unavailable("the audit log is shut down".into()))?;
-        rx.await
-            .map_err(|_| FhirError::Unavailable("the audit log stopped".into()))?
+        let stored = match self.deadline {
+            None => rx.await,
+            // Still queued, it may be stored later: the trail then holds a record of a request
+            // answered 503, never the other way round.
+            Some(d) => tokio::time::timeout(d, rx).await.map_err(|_| {
+                FhirError::Unavailable(
+                    "the audit log did not record the request in time, so it was not answered"
+                        .into(),
+                )
+            })?,
+        };
+        stored.map_err(|_| FhirError::Unavailable("the audit log stopped".into()))?
     }
 }
 

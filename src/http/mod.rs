@@ -361,10 +361,12 @@ async fn authenticate(
 
 /// The interaction engine for `settings` (opens, and migrates, the database).
 pub fn engine(settings: &Settings, port: u16) -> Result<Engine, String> {
-    let store = Store::open(
+    let store = Store::open_with_deadline(
         settings.database_url(),
         settings.pool_size,
         std::time::Duration::from_secs(settings.pool_timeout_secs),
+        (settings.request_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(settings.request_timeout_secs)),
     )?;
     Ok(Engine {
         store,

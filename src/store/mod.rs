@@ -120,16 +120,22 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FU
      PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; \
      PRAGMA case_sensitive_like = ON;";
 
+/// Session settings of every new connection: SQLite's pragmas; PostgreSQL's statement timeout.
 #[derive(Debug)]
-struct SqlitePragmas;
+struct SessionSetup {
+    statement_timeout: Option<Duration>,
+}
 
-impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSetup {
     fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
-        if let DbConn::Sqlite(c) = conn {
-            c.batch_execute(SQLITE_PRAGMAS)
-                .map_err(diesel::r2d2::Error::QueryError)?;
+        match conn {
+            DbConn::Sqlite(c) => c.batch_execute(SQLITE_PRAGMAS),
+            DbConn::Postgres(c) => match self.statement_timeout {
+                Some(t) => c.batch_execute(&format!("SET statement_timeout = {}", t.as_millis())),
+                None => Ok(()),
+            },
         }
-        Ok(())
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -138,11 +144,24 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
 pub struct Store {
     pool: Pool<ConnectionManager<DbConn>>,
     backend: Backend,
+    /// How long a request's database work may take before it is answered 503.
+    deadline: Option<Duration>,
 }
 
 impl Store {
     /// Migrates the database and opens a pool. Fails (with a one-line reason) if it is unreachable.
     pub fn open(url: &DatabaseUrl, pool_size: u32, wait: Duration) -> Result<Store, String> {
+        Store::open_with_deadline(url, pool_size, wait, None)
+    }
+
+    /// `open`, with a deadline for each request's database work (None: no deadline). On
+    /// PostgreSQL a statement running longer is also cancelled by the server.
+    pub fn open_with_deadline(
+        url: &DatabaseUrl,
+        pool_size: u32,
+        wait: Duration,
+        deadline: Option<Duration>,
+    ) -> Result<Store, String> {
         url.migrate()?;
         let manager = ConnectionManager::<DbConn>::new(match url.backend {
             Backend::Sqlite => url.target.clone(),
@@ -154,13 +173,21 @@ impl Store {
             // r2d2's thread is still inside libpq, which can crash at exit.
             .min_idle(Some(0))
             .connection_timeout(wait)
-            .connection_customizer(Box::new(SqlitePragmas))
+            .connection_customizer(Box::new(SessionSetup {
+                statement_timeout: deadline,
+            }))
             .build(manager)
             .map_err(|e| format!("cannot open a database pool: {e}"))?;
         Ok(Store {
             pool,
             backend: url.backend,
+            deadline,
         })
+    }
+
+    /// How long a request's database work may take (None: no limit).
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
     }
 
     pub fn backend(&self) -> Backend {
@@ -195,7 +222,7 @@ impl Store {
         F: FnOnce(&mut DbConn) -> FhirResult<T> + Send + 'static,
     {
         let store = self.clone();
-        blocking(move || f(&mut *store.conn()?)).await
+        self.blocking(move || f(&mut *store.conn()?)).await
     }
 
     /// Runs `f` in one transaction on the calling thread (for threads of our own, such as the
@@ -230,7 +257,7 @@ impl Store {
         F: FnOnce(&mut DbConn) -> FhirResult<T> + Send + 'static,
     {
         let store = self.clone();
-        blocking(move || {
+        self.blocking(move || {
             let mut pooled = store.conn()?;
             let conn: &mut DbConn = &mut pooled;
             conn.transaction(|c: &mut DbConn| {
@@ -250,7 +277,23 @@ impl Store {
         F: FnOnce(&mut DbConn) -> FhirResult<T> + Send + 'static,
     {
         let store = self.clone();
-        blocking(move || store.write_now(f)).await
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = abandoned.clone();
+        self.blocking_abandonable(
+            move || {
+                store.write_now(move |conn| {
+                    let out = f(conn)?;
+                    // Answered 503 at the deadline meanwhile: roll back, so what the client was
+                    // told (not done) is what happened.
+                    if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Err(FhirError::Unavailable("abandoned at the deadline".into()));
+                    }
+                    Ok(out)
+                })
+            },
+            Some(abandoned),
+        )
+        .await
     }
 
     /// Refreshes the planner's statistics (after bulk loads or a reindex: without them the
@@ -267,12 +310,42 @@ impl Store {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> FhirResult<T> + Send + 'static,
-) -> FhirResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| FhirError::Internal(format!("database task failed: {e}")))?
+impl Store {
+    /// Runs database work on tokio's blocking pool, within the deadline: past it the request is
+    /// answered 503 (work already under way finishes or, on PostgreSQL, is cancelled by the
+    /// statement timeout; a write that commits anyway keeps its audit record).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> FhirResult<T> + Send + 'static,
+    ) -> FhirResult<T> {
+        self.blocking_abandonable(f, None).await
+    }
+
+    /// `blocking`; at the deadline `abandoned` is set, for work that can still undo itself.
+    async fn blocking_abandonable<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> FhirResult<T> + Send + 'static,
+        abandoned: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> FhirResult<T> {
+        let task = tokio::task::spawn_blocking(f);
+        let joined = match self.deadline {
+            None => task.await,
+            Some(d) => match tokio::time::timeout(d, task).await {
+                Ok(j) => j,
+                Err(_) => {
+                    if let Some(a) = abandoned {
+                        a.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    tracing::warn!(seconds = d.as_secs_f64(), "request deadline passed");
+                    return Err(FhirError::Unavailable(format!(
+                        "the request did not complete within {} s; retry later",
+                        d.as_secs_f64()
+                    )));
+                }
+            },
+        };
+        joined.map_err(|e| FhirError::Internal(format!("database task failed: {e}")))?
+    }
 }
 
 impl From<DieselError> for FhirError {
@@ -289,6 +362,10 @@ impl From<DieselError> for FhirError {
             }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
                 FhirError::Unavailable("the database connection was lost; retry".into())
+            }
+            // PostgreSQL's statement_timeout (the request deadline): answered like the deadline.
+            DieselError::DatabaseError(_, info) if info.message().contains("statement timeout") => {
+                FhirError::Unavailable("the request did not complete in time; retry later".into())
             }
             DieselError::DatabaseError(_, info)
                 if info.message().contains("locked") || info.message().contains("busy") =>

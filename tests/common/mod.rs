@@ -71,6 +71,7 @@ pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
         max_count: 1000,
         rate_limit_per_second: 0,
         rate_limit_burst: 0,
+        request_timeout_secs: 60,
         writes: WriteArgs::default(),
         auth: AuthArgs::default(),
         audit: cairn::config::AuditMode::Enabled,
