@@ -36,6 +36,15 @@ enum Command {
     Audit(AuditCommand),
     /// Print the OpenAPI 3.1 description of the API (what openapi/cairn.yaml holds)
     Openapi,
+    /// Benchmarks only: serve a fixed body of --bytes bytes on every GET (the hardware's ceiling
+    /// for an actix server, which bench/run.sh compares Cairn with)
+    #[command(hide = true)]
+    StaticCeiling {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        #[arg(long, default_value_t = 200)]
+        bytes: usize,
+    },
     /// Manage the scored instruments (canonical Questionnaires)
     #[command(subcommand)]
     Instruments(InstrumentsCommand),
@@ -200,6 +209,16 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::StaticCeiling { listen, bytes } => {
+            let body = format!(
+                "{{\"resourceType\":\"Patient\",\"id\":\"{}\"}}",
+                "x".repeat(bytes.saturating_sub(34).max(1))
+            );
+            match actix_web::rt::System::new().block_on(cairn::http::serve_static(&listen, body)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e.to_string()),
+            }
+        }
         Command::Openapi => {
             print!("{}", cairn::http::openapi::yaml());
             ExitCode::SUCCESS
@@ -237,6 +256,7 @@ fn main() -> ExitCode {
                 let app = cairn::http::Application::build(&settings)?;
                 app.run_until_stopped().await.map_err(|e| e.to_string())
             });
+            cairn::telemetry::shutdown();
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),

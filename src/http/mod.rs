@@ -359,6 +359,26 @@ async fn authenticate(
         .map(ServiceResponse::map_into_boxed_body)
 }
 
+/// The benchmark's ceiling: actix, configured as Cairn's server is, answering every GET with the
+/// same `body` (no auth, no database, no audit). What this hardware allows an actix server.
+pub async fn serve_static(listen: &str, body: String) -> std::io::Result<()> {
+    let body = web::Bytes::from(body);
+    HttpServer::new(move || {
+        let body = body.clone();
+        App::new().default_service(web::to(move || {
+            let body = body.clone();
+            async move {
+                HttpResponse::Ok()
+                    .content_type("application/fhir+json")
+                    .body(body)
+            }
+        }))
+    })
+    .bind(listen)?
+    .run()
+    .await
+}
+
 /// The interaction engine for `settings` (opens, and migrates, the database).
 pub fn engine(settings: &Settings, port: u16) -> Result<Engine, String> {
     let store = Store::open_with_deadline(
