@@ -259,3 +259,71 @@ fn postgres_deadline() {
         stuck_database_work_meets_the_deadline(&app);
     }
 }
+
+/// With every pooled connection busy, a request waits `CAIRN_POOL_TIMEOUT` and is answered 503
+/// with Retry-After instead of hanging; the timeout is counted in /metrics.
+fn an_exhausted_pool_answers_503(app: &TestApp) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let p = app.create(&json!({"resourceType": "Patient"}));
+    let id = p["id"].as_str().unwrap().to_string();
+    let (before, _) = scrape(app);
+    // The pool's only connection gets stuck in a write behind another session's lock.
+    let mut holder: Box<dyn SimpleConnection> = match app.db_url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let mut c = diesel::SqliteConnection::establish(path).unwrap();
+            c.batch_execute("BEGIN IMMEDIATE").unwrap();
+            Box::new(c)
+        }
+        None => {
+            let mut c = diesel::PgConnection::establish(&app.db_url).unwrap();
+            c.batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM resources WHERE res_type = 'Patient' AND res_id = '{id}' FOR UPDATE"
+            ))
+            .unwrap();
+            Box::new(c)
+        }
+    };
+    let (root, base, token) = (app.root.clone(), app.base.clone(), app.admin_token.clone());
+    let stuck_id = id.clone();
+    let stuck = std::thread::spawn(move || {
+        let _ = ureq::put(&format!("{base}/Patient/{stuck_id}"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "application/fhir+json")
+            .send_string(
+                &json!({"resourceType": "Patient", "id": stuck_id, "active": true}).to_string(),
+            );
+        root
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let r = app.get(&format!("Patient/{id}"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("Retry-After").is_some());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    holder.batch_execute("ROLLBACK").unwrap();
+    drop(holder);
+    stuck.join().unwrap();
+    let (after, _) = scrape(app);
+    assert!(grown(&before, &after, |k| k == "cairn_db_pool_timeouts_total") >= 1.0);
+}
+
+fn tiny_pool(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |s| {
+        s.pool_size = 1;
+        s.pool_timeout_secs = 1;
+        s.request_timeout_secs = 0;
+    })
+}
+
+#[test]
+fn sqlite_exhausted_pool() {
+    an_exhausted_pool_answers_503(&tiny_pool(Backend::Sqlite).unwrap());
+}
+
+#[test]
+fn postgres_exhausted_pool() {
+    if let Some(app) = tiny_pool(Backend::Postgres) {
+        an_exhausted_pool_answers_503(&app);
+    }
+}
