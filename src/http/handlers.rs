@@ -792,9 +792,7 @@ pub async fn extract_instance(
         .engine
         .read(&caller.0, "QuestionnaireResponse", &id)
         .await?;
-    let response: Value = serde_json::from_str(stored.content.as_deref().unwrap_or("null"))
-        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
-    let bundle = st.engine.extract(&caller.0, response).await?;
+    let bundle = st.engine.extract(&caller.0, stored.json()?).await?;
     note(&req, &st, || {
         crate::audit::written_entities(&stored, &st.engine.base_url)
     });

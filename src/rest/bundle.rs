@@ -718,7 +718,7 @@ fn get(cx: &Cx, conn: &mut DbConn, e: &Entry) -> FhirResult<Done> {
         ([t, id], None) => {
             let s = cx.read(conn, t, id, None)?;
             cx.audit_access(conn, Interaction::Read, &s)?;
-            Ok(Done::Got(stored_json(&s)?, Some(s)))
+            Ok(Done::Got(s.json()?, Some(s)))
         }
         ([t, id, "_history", v], None) => {
             let version = v
@@ -726,7 +726,7 @@ fn get(cx: &Cx, conn: &mut DbConn, e: &Entry) -> FhirResult<Done> {
                 .map_err(|_| FhirError::NotFound(format!("{t}/{id} has no version '{v}'")))?;
             let s = cx.read(conn, t, id, Some(version))?;
             cx.audit_access(conn, Interaction::Vread, &s)?;
-            Ok(Done::Got(stored_json(&s)?, Some(s)))
+            Ok(Done::Got(s.json()?, Some(s)))
         }
         (segs, _) if segs.len() <= 1 => {
             let scope = match segs.first() {
@@ -745,9 +745,4 @@ fn get(cx: &Cx, conn: &mut DbConn, e: &Entry) -> FhirResult<Done> {
             "a GET entry reads (Type/id, Type/id/_history/v) or searches (Type?…)".into(),
         )),
     }
-}
-
-fn stored_json(s: &Stored) -> FhirResult<Value> {
-    serde_json::from_str(s.content.as_deref().unwrap_or("{}"))
-        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))
 }

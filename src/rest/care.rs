@@ -13,11 +13,6 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir;
 use crate::store::DbConn;
 
-fn content(s: &Stored) -> FhirResult<Value> {
-    serde_json::from_str(s.content.as_deref().unwrap_or("null"))
-        .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))
-}
-
 impl Engine {
     /// `$extract`: the Observations a QuestionnaireResponse stands for, as a transaction Bundle
     /// (nothing is stored). A response with an id gets `PUT`s to the ids the server itself would
@@ -106,7 +101,7 @@ impl Engine {
         plan_id: &str,
     ) -> FhirResult<(Stored, Vec<Stored>, Vec<Measure>)> {
         let plan = self.read(access, "CarePlan", plan_id).await?;
-        let p = content(&plan)?;
+        let p = plan.json()?;
         let patient = p["subject"]["reference"]
             .as_str()
             .and_then(|r| super::integrity::local(r, &self.base_url))
@@ -133,7 +128,10 @@ impl Engine {
         };
         let engine = self.clone();
         let caller = access.clone();
-        let goal_values = goals.iter().map(content).collect::<FhirResult<Vec<_>>>()?;
+        let goal_values = goals
+            .iter()
+            .map(Stored::json)
+            .collect::<FhirResult<Vec<_>>>()?;
         let goal_ids: Vec<String> = goals.iter().map(|g| g.id.clone()).collect();
         let measures = self
             .store

@@ -178,9 +178,7 @@ impl Engine {
     /// so another patient's data is never reached; every resource is read as the caller may.
     pub async fn careplan_everything(&self, access: &Access, id: &str) -> FhirResult<Value> {
         let plan = self.read(access, "CarePlan", id).await?;
-        let content = |s: &super::Stored| -> Option<Value> {
-            serde_json::from_str(s.content.as_deref()?).ok()
-        };
+        let content = |s: &super::Stored| s.json().ok();
         let subject = content(&plan)
             .and_then(|v| {
                 let r = v["subject"]["reference"].as_str()?.to_string();

@@ -95,6 +95,12 @@ impl Stored {
         }
     }
 
+    /// The stored resource as JSON (an empty object for a deletion).
+    pub fn json(&self) -> FhirResult<Value> {
+        serde_json::from_str(self.content.as_deref().unwrap_or("{}"))
+            .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))
+    }
+
     pub fn etag(&self) -> String {
         format!("W/\"{}\"", self.version)
     }
@@ -481,11 +487,7 @@ impl Engine {
             Some(v) => self.vread(access, ty, id, v).await?,
             None => self.read(access, ty, id).await?,
         };
-        let json = |s: &Stored| -> FhirResult<Value> {
-            serde_json::from_str(s.content.as_deref().unwrap_or("{}"))
-                .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))
-        };
-        let patch = json_patch::diff(&json(&older)?, &json(&newer)?);
+        let patch = json_patch::diff(&older.json()?, &newer.json()?);
         let patch = serde_json::to_value(patch).map_err(|e| FhirError::Internal(e.to_string()))?;
         Ok((older, newer, patch))
     }
