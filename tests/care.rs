@@ -717,23 +717,5 @@ fn delete_retracts_without_integrity(app: &TestApp) {
     );
 }
 
-mod integrity_off {
-    use super::common::{spawn_app_with, Backend};
-
-    #[test]
-    fn sqlite_delete_retracts() {
-        let app =
-            spawn_app_with(Backend::Sqlite, |s| s.writes.referential_integrity = false).unwrap();
-        super::delete_retracts_without_integrity(&app);
-    }
-
-    #[test]
-    fn postgres_delete_retracts() {
-        match spawn_app_with(Backend::Postgres, |s| {
-            s.writes.referential_integrity = false
-        }) {
-            Some(app) => super::delete_retracts_without_integrity(&app),
-            None => eprintln!("CAIRN_TEST_POSTGRES_URL is not set: PostgreSQL not tested"),
-        }
-    }
-}
+on_both_backends!(mod integrity_off, |s| s.writes.referential_integrity = false;
+    delete_retracts_without_integrity);

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{spawn_app_with, Backend, TestApp};
+use common::TestApp;
 use serde_json::json;
 
 /// The samples of a Prometheus text page, by series (name with labels).
@@ -125,22 +125,6 @@ fn pages_are_capped_and_links_say_so(app: &TestApp) {
     );
 }
 
-fn capped(backend: Backend) -> Option<TestApp> {
-    spawn_app_with(backend, |s| s.max_count = 5)
-}
-
-#[test]
-fn sqlite_pages_are_capped() {
-    pages_are_capped_and_links_say_so(&capped(Backend::Sqlite).unwrap());
-}
-
-#[test]
-fn postgres_pages_are_capped() {
-    if let Some(app) = capped(Backend::Postgres) {
-        pages_are_capped_and_links_say_so(&app);
-    }
-}
-
 /// Over the token bucket (5/s, burst 5): 429 with an OperationOutcome and Retry-After; the client
 /// is served again once it refills; another client has its own bucket.
 fn rate_limit_is_per_client(app: &TestApp) {
@@ -181,36 +165,14 @@ fn rate_limit_is_per_client(app: &TestApp) {
     assert_eq!(app.get("Patient?_count=1").status, 200);
 }
 
-fn limited(backend: Backend) -> Option<TestApp> {
-    spawn_app_with(backend, |s| {
-        s.rate_limit_per_second = 5;
-        s.rate_limit_burst = 5;
-    })
-}
-
-#[test]
-fn sqlite_rate_limit() {
-    rate_limit_is_per_client(&limited(Backend::Sqlite).unwrap());
-}
-
-#[test]
-fn postgres_rate_limit() {
-    if let Some(app) = limited(Backend::Postgres) {
-        rate_limit_is_per_client(&app);
-    }
-}
-
 on_both_backends!(metrics_count_requests_latency_auth_and_pool);
 
-/// A write stuck behind another transaction's lock is answered 503 (with Retry-After) at the
-/// request deadline, and the resource is unchanged.
-fn stuck_database_work_meets_the_deadline(app: &TestApp) {
+/// Another session, in an open transaction, holding the lock a write of Patient/`id` needs: the
+/// database's write lock on SQLite, the resource's row on PostgreSQL. `ROLLBACK` releases it.
+fn hold_write_lock(app: &TestApp, id: &str) -> Box<dyn diesel::connection::SimpleConnection> {
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
-    let p = app.create(&json!({"resourceType": "Patient", "active": false}));
-    let id = p["id"].as_str().unwrap().to_string();
-    // Another session holds the lock the write needs, in an open transaction.
-    let mut holder: Box<dyn SimpleConnection> = match app.db_url.strip_prefix("sqlite://") {
+    match app.db_url.strip_prefix("sqlite://") {
         Some(path) => {
             let mut c = diesel::SqliteConnection::establish(path).unwrap();
             c.batch_execute("BEGIN IMMEDIATE").unwrap();
@@ -224,7 +186,16 @@ fn stuck_database_work_meets_the_deadline(app: &TestApp) {
             .unwrap();
             Box::new(c)
         }
-    };
+    }
+}
+
+/// A write stuck behind another transaction's lock is answered 503 (with Retry-After) at the
+/// request deadline, and the resource is unchanged.
+fn stuck_database_work_meets_the_deadline(app: &TestApp) {
+    let p = app.create(&json!({"resourceType": "Patient", "active": false}));
+    let id = p["id"].as_str().unwrap().to_string();
+    // Another session holds the lock the write needs, in an open transaction.
+    let mut holder = hold_write_lock(app, &id);
     let started = std::time::Instant::now();
     let r = app.json(
         "PUT",
@@ -244,46 +215,14 @@ fn stuck_database_work_meets_the_deadline(app: &TestApp) {
     assert_eq!(app.get(&format!("Patient/{id}")).json()["active"], false);
 }
 
-fn with_deadline(backend: Backend) -> Option<TestApp> {
-    spawn_app_with(backend, |s| s.request_timeout_secs = 1)
-}
-
-#[test]
-fn sqlite_deadline() {
-    stuck_database_work_meets_the_deadline(&with_deadline(Backend::Sqlite).unwrap());
-}
-
-#[test]
-fn postgres_deadline() {
-    if let Some(app) = with_deadline(Backend::Postgres) {
-        stuck_database_work_meets_the_deadline(&app);
-    }
-}
-
 /// With every pooled connection busy, a request waits `CAIRN_POOL_TIMEOUT` and is answered 503
 /// with Retry-After instead of hanging; the timeout is counted in /metrics.
 fn an_exhausted_pool_answers_503(app: &TestApp) {
-    use diesel::connection::SimpleConnection;
-    use diesel::Connection;
     let p = app.create(&json!({"resourceType": "Patient"}));
     let id = p["id"].as_str().unwrap().to_string();
     let (before, _) = scrape(app);
     // The pool's only connection gets stuck in a write behind another session's lock.
-    let mut holder: Box<dyn SimpleConnection> = match app.db_url.strip_prefix("sqlite://") {
-        Some(path) => {
-            let mut c = diesel::SqliteConnection::establish(path).unwrap();
-            c.batch_execute("BEGIN IMMEDIATE").unwrap();
-            Box::new(c)
-        }
-        None => {
-            let mut c = diesel::PgConnection::establish(&app.db_url).unwrap();
-            c.batch_execute(&format!(
-                "BEGIN; SELECT 1 FROM resources WHERE res_type = 'Patient' AND res_id = '{id}' FOR UPDATE"
-            ))
-            .unwrap();
-            Box::new(c)
-        }
-    };
+    let mut holder = hold_write_lock(app, &id);
     let (root, base, token) = (app.root.clone(), app.base.clone(), app.admin_token.clone());
     let stuck_id = id.clone();
     let stuck = std::thread::spawn(move || {
@@ -308,22 +247,14 @@ fn an_exhausted_pool_answers_503(app: &TestApp) {
     assert!(grown(&before, &after, |k| k == "cairn_db_pool_timeouts_total") >= 1.0);
 }
 
-fn tiny_pool(backend: Backend) -> Option<TestApp> {
-    spawn_app_with(backend, |s| {
-        s.pool_size = 1;
-        s.pool_timeout_secs = 1;
-        s.request_timeout_secs = 0;
-    })
-}
-
-#[test]
-fn sqlite_exhausted_pool() {
-    an_exhausted_pool_answers_503(&tiny_pool(Backend::Sqlite).unwrap());
-}
-
-#[test]
-fn postgres_exhausted_pool() {
-    if let Some(app) = tiny_pool(Backend::Postgres) {
-        an_exhausted_pool_answers_503(&app);
-    }
-}
+on_both_backends!(mod capped, |s| s.max_count = 5; pages_are_capped_and_links_say_so);
+on_both_backends!(mod limited, |s| {
+    s.rate_limit_per_second = 5;
+    s.rate_limit_burst = 5;
+}; rate_limit_is_per_client);
+on_both_backends!(mod deadline, |s| s.request_timeout_secs = 1; stuck_database_work_meets_the_deadline);
+on_both_backends!(mod tiny_pool, |s| {
+    s.pool_size = 1;
+    s.pool_timeout_secs = 1;
+    s.request_timeout_secs = 0;
+}; an_exhausted_pool_answers_503);

@@ -317,6 +317,28 @@ pub fn link(bundle: &Value, rel: &str) -> Option<String> {
 /// Runs each named test body once per backend: `mod sqlite { fn name() }` and `mod postgres { … }`.
 #[macro_export]
 macro_rules! on_both_backends {
+    // `on_both_backends!(mod name, |settings| …; test, …)`: on apps whose settings are adjusted.
+    (mod $module:ident, $adjust:expr; $($name:ident),* $(,)?) => {
+        mod $module {
+            mod sqlite {
+                $(#[test]
+                fn $name() {
+                    let app = $crate::common::spawn_app_with($crate::common::Backend::Sqlite, $adjust)
+                        .unwrap();
+                    super::super::$name(&app);
+                })*
+            }
+            mod postgres {
+                $(#[test]
+                fn $name() {
+                    match $crate::common::spawn_app_with($crate::common::Backend::Postgres, $adjust) {
+                        Some(app) => super::super::$name(&app),
+                        None => eprintln!("CAIRN_TEST_POSTGRES_URL is not set: PostgreSQL not tested"),
+                    }
+                })*
+            }
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod sqlite {
             $(#[test]
