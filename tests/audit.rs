@@ -51,6 +51,23 @@ impl TestApp {
         }
     }
 
+    /// A count read from the app's database directly.
+    fn count(&self, query: &str) -> i64 {
+        use diesel::{sql_types::BigInt, Connection, QueryableByName, RunQueryDsl};
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let q = diesel::sql_query(query);
+        let rows: Vec<N> = match self.db_url.strip_prefix("sqlite://") {
+            Some(path) => q.load(&mut diesel::SqliteConnection::establish(path).unwrap()),
+            None => q.load(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
+        }
+        .unwrap();
+        rows[0].n
+    }
+
     fn verify(&self) -> (bool, String) {
         let out = cairn()
             .args(["audit", "verify"])
@@ -440,6 +457,90 @@ fn tampering_is_detected(app: &TestApp) {
     );
 }
 
+/// The log holds each event itself; an edit there is found as surely as one in the resource row.
+fn a_modified_log_entry_is_detected(app: &TestApp) {
+    for _ in 0..3 {
+        app.create(&json!({"resourceType": "Patient"}));
+    }
+    let unlock = match app.backend {
+        common::Backend::Sqlite => "DROP TRIGGER audit_chain_no_update;",
+        common::Backend::Postgres => "ALTER TABLE audit_chain DISABLE TRIGGER USER;",
+    };
+    app.sql(unlock).unwrap();
+    app.sql(
+        "UPDATE audit_chain SET content = replace(content, '\"outcome\":\"0\"', '\"outcome\":\"4\"') \
+         WHERE seq = 4",
+    )
+    .unwrap();
+    let (ok, text) = app.verify();
+    assert!(
+        !ok && text.contains("record 4") && text.contains("modified"),
+        "{text}"
+    );
+}
+
+/// A record's resource row removed behind the log's back (the log itself intact) is found.
+fn a_deleted_resource_row_is_detected(app: &TestApp) {
+    for _ in 0..3 {
+        app.create(&json!({"resourceType": "Patient"}));
+    }
+    // A search writes the resource rows of everything logged so far.
+    app.all_entries("AuditEvent?_count=100");
+    let unlock = match app.backend {
+        common::Backend::Sqlite => "DROP TRIGGER audit_history_no_delete;",
+        common::Backend::Postgres => "ALTER TABLE resource_history DISABLE TRIGGER USER;",
+    };
+    app.sql(unlock).unwrap();
+    app.sql(
+        "DELETE FROM resource_history WHERE res_type = 'AuditEvent' AND res_id = \
+         (SELECT event_id FROM audit_chain WHERE seq = 3)",
+    )
+    .unwrap();
+    let (ok, text) = app.verify();
+    assert!(
+        !ok && text.contains("record 3") && text.contains("deleted"),
+        "{text}"
+    );
+}
+
+/// Answering a request appends one row to the log; the AuditEvent's resource and index rows
+/// follow when the server is quiet, with no query asking for them, and are the logged event.
+fn resource_rows_follow_the_log(app: &TestApp) {
+    let p = app.create(&json!({"resourceType": "Patient"}));
+    let path = format!("Patient/{}", p["id"].as_str().unwrap());
+    for _ in 0..20 {
+        assert_eq!(app.get(&path).status, 200);
+    }
+    let logged = || app.count("SELECT COUNT(*) AS n FROM audit_chain");
+    let rows =
+        || app.count("SELECT COUNT(*) AS n FROM resource_history WHERE res_type = 'AuditEvent'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rows() < logged() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} logged AuditEvents have resource rows after 10 s",
+            rows(),
+            logged()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) AS n FROM audit_chain c JOIN resource_history h \
+             ON h.res_type = 'AuditEvent' AND h.res_id = c.event_id WHERE h.content = c.content"
+        ),
+        logged()
+    );
+    assert_eq!(
+        app.count("SELECT seq AS n FROM audit_materialized"),
+        app.count("SELECT MAX(seq) AS n FROM audit_chain")
+    );
+    // Indexed too: the reads are found by entity.
+    assert_eq!(app.events(&path, &["read"]).len(), 20);
+    let (ok, text) = app.verify();
+    assert!(ok, "{text}");
+}
+
 fn a_deleted_record_is_detected(app: &TestApp) {
     for _ in 0..4 {
         app.create(&json!({"resourceType": "Patient"}));
@@ -544,6 +645,9 @@ on_both_backends!(
     a_failed_write_leaves_neither_resource_nor_record,
     tampering_is_detected,
     a_deleted_record_is_detected,
+    a_modified_log_entry_is_detected,
+    a_deleted_resource_row_is_detected,
+    resource_rows_follow_the_log,
     swapped_records_are_detected,
     an_inserted_record_is_detected,
     hostile_input_is_audited_without_failing,

@@ -1,4 +1,5 @@
-//! The hash chain over the audit log. Link `n` holds `event_hash = SHA-256(AuditEvent as stored)`
+//! The hash chain over the audit log. Link `n` holds its AuditEvent as stored,
+//! `event_hash = SHA-256(that AuditEvent)`
 //! and `chain_hash = SHA-256(chain_hash(n-1) | n | event id | event_hash)`, so changing, removing,
 //! inserting or reordering any record breaks every later link. Appends hold the chain's lock
 //! (a PostgreSQL advisory lock; SQLite's single writer), so instances sharing a database extend one
@@ -9,7 +10,7 @@ use std::io::Write;
 use sha2::{Digest, Sha256};
 
 use crate::error::{FhirError, FhirResult};
-use crate::store::audit::{self as table, Link};
+use crate::store::audit::{self as table, Head, Link};
 use crate::store::{DbConn, Store};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -29,31 +30,33 @@ fn chain_hash(prev: &str, seq: i64, event_id: &str, event_hash: &str) -> String 
 }
 
 /// Locks the chain for the caller's transaction; its current head.
-pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Link>> {
+pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
     table::lock_head(conn)
 }
 
-/// Links the stored AuditEvents `(id, content)`, in order, after `head`.
-pub fn append_all<'a>(
+/// Appends AuditEvents (`Logged`: id, when recorded, content as stored), in order, after `head`.
+pub fn append_all(
     conn: &mut DbConn,
-    head: Option<Link>,
-    events: impl Iterator<Item = (&'a str, &'a str)>,
+    head: Option<Head>,
+    events: impl Iterator<Item = super::Logged>,
 ) -> FhirResult<()> {
     let (mut seq, mut prev) = match head {
         Some(h) => (h.seq, h.chain_hash),
         None => (0, GENESIS.to_string()),
     };
     let mut links = Vec::new();
-    for (event_id, content) in events {
+    for ev in events {
         seq += 1;
-        let eh = event_hash(content);
-        let ch = chain_hash(&prev, seq, event_id, &eh);
+        let eh = event_hash(&ev.content);
+        let ch = chain_hash(&prev, seq, &ev.id, &eh);
         prev = ch.clone();
         links.push(Link {
             seq,
-            event_id: event_id.to_string(),
+            event_id: ev.id,
             event_hash: eh,
             chain_hash: ch,
+            recorded: ev.recorded,
+            content: ev.content,
         });
     }
     table::insert_many(conn, &links)
@@ -73,10 +76,12 @@ pub enum Verdict {
     },
 }
 
-/// Checks the whole log: every link in order, every event against its hash, and no AuditEvent
-/// outside the chain.
+/// Checks the whole log: every link in order, every event (in its link and in its resource row)
+/// against its hash, and no AuditEvent outside the chain.
 pub async fn verify(store: &Store) -> FhirResult<Verdict> {
     const PAGE: i64 = 5000;
+    // Links up to here must have their resource rows; later ones may not have them yet.
+    let materialized = store.read(table::materialized).await?;
     let (mut prev, mut expected) = (GENESIS.to_string(), 1i64);
     // The first page starts below any possible seq, so a link slipped in at 0 or below is seen.
     let mut after = i64::MIN;
@@ -102,11 +107,17 @@ pub async fn verify(store: &Store) -> FhirResult<Verdict> {
                     ),
                 });
             }
-            let Some(content) = &l.content else {
+            // The event in the link (older links have none) and its resource row (written up
+            // to the materialized mark) must both be the event that was hashed.
+            if l.logged.is_none() && l.content.is_none()
+                || l.content.is_none() && l.seq <= materialized
+            {
                 return broken(format!("AuditEvent {} was deleted", l.event_id));
-            };
-            if event_hash(content) != l.event_hash {
-                return broken(format!("AuditEvent {} was modified", l.event_id));
+            }
+            for copy in [&l.logged, &l.content].into_iter().flatten() {
+                if event_hash(copy) != l.event_hash {
+                    return broken(format!("AuditEvent {} was modified", l.event_id));
+                }
             }
             if chain_hash(&prev, l.seq, &l.event_id, &l.event_hash) != l.chain_hash {
                 return broken(format!(

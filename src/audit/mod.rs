@@ -1,10 +1,15 @@
-//! The audit trail: one IHE BALP-shaped AuditEvent per interaction, stored as an ordinary (but
-//! server-written, append-only) AuditEvent resource so the search engine serves it, and chained:
-//! every record's hash covers the previous record's, in `audit_chain`.
+//! The audit trail: one IHE BALP-shaped AuditEvent per interaction, appended to the log
+//! (`audit_chain`: one row per event, holding the event and its hash chain link).
 //!
-//! Writes put their AuditEvent in their own transaction (`record_in`); reads, searches and failures
-//! hand theirs to the `Auditor`, which commits them in batches (group commit) and answers each
-//! request only once its record is durable. If that fails, the request fails (503): closed.
+//! Writes append their AuditEvent in their own transaction (`record_in`); reads, searches and
+//! failures hand theirs to the `Auditor`, which commits them in batches (group commit) and answers
+//! each request only once its record is durable. If that fails, the request fails (503): closed.
+//!
+//! Reads and searches of AuditEvents use ordinary (server-written, append-only) AuditEvent
+//! resource rows with their search indexes. Those are written from the log afterwards, in chain
+//! order (`materialize`): by the committer when no request waits on it, and by any read that
+//! could see AuditEvents before it runs (`catch_up`), so a search always sees every record
+//! already logged. Recording a request thus costs one row, and indexing is off the hot path.
 
 mod chain;
 mod event;
@@ -16,6 +21,7 @@ use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult};
 use crate::rest::Prepared;
+use crate::store::audit::PendingChunk;
 use crate::store::{DbConn, Store};
 
 pub use chain::{export, verify, Verdict};
@@ -78,8 +84,35 @@ pub fn written_entities(s: &crate::rest::Stored, base_url: &str) -> Vec<Value> {
 /// Events handed to the committer at most per batch.
 const MAX_BATCH: usize = 512;
 
+/// An AuditEvent ready for the log: its id, when it was recorded (µs), and its content as stored
+/// (with `id` and `meta` stamped).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub id: String,
+    pub recorded: i64,
+    pub content: String,
+}
+
+impl Logged {
+    pub fn new(event: Value) -> FhirResult<Logged> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let recorded = crate::rest::now_micros();
+        let content = crate::rest::stamp(event, &id, 1, recorded)?;
+        Ok(Logged {
+            id,
+            recorded,
+            content,
+        })
+    }
+}
+
+/// Links materialized per transaction.
+const MATERIALIZE_CHUNK: i64 = 1000;
+/// How long the committer waits without a record before it materializes.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 type Reply = tokio::sync::oneshot::Sender<FhirResult<()>>;
-type Queued = (Prepared, Reply);
+type Queued = (Logged, Reply);
 
 /// The group committer: a thread that writes queued AuditEvents a batch per transaction.
 #[derive(Clone)]
@@ -98,8 +131,31 @@ impl Auditor {
         thread::Builder::new()
             .name("cairn-audit".into())
             .spawn(move || {
+                // Whether links may wait for their resource rows (after a restart, they may).
+                let mut behind = true;
                 // Ends when every sender (the server's state) is gone.
-                while let Ok(first) = rx.recv() {
+                loop {
+                    let first = match rx.recv_timeout(IDLE) {
+                        Ok(item) => item,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // Quiet: write resource rows, a chunk at a time, until a record
+                            // arrives or none wait.
+                            let mut next = None;
+                            while behind {
+                                behind = materialize_chunk(&store, &base_url);
+                                if let Ok(item) = rx.try_recv() {
+                                    next = Some(item);
+                                    break;
+                                }
+                            }
+                            match next {
+                                Some(item) => item,
+                                None => continue,
+                            }
+                        }
+                    };
+                    behind = true;
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -107,7 +163,7 @@ impl Auditor {
                             Err(_) => break,
                         }
                     }
-                    let (events, replies): (Vec<Prepared>, Vec<Reply>) = batch.into_iter().unzip();
+                    let (events, replies): (Vec<Logged>, Vec<Reply>) = batch.into_iter().unzip();
                     let (n, started) = (events.len(), std::time::Instant::now());
                     crate::metrics::AUDIT_BATCH.observe(n as f64);
                     let stored = commit(&store, events);
@@ -136,16 +192,16 @@ impl Auditor {
         }
     }
 
+    /// The base URL the events' references are relative to.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// Stores one AuditEvent durably (with others queued at the same time); returns once it is.
     pub async fn record(&self, event: Value) -> FhirResult<()> {
-        // Stamping and indexing happen here, on the request's own thread, in parallel; the
-        // committer only inserts.
-        let prepared = Prepared::new(
-            &self.base_url,
-            "AuditEvent",
-            &uuid::Uuid::now_v7().to_string(),
-            event,
-        )?;
+        // Stamping and hashing inputs are made here, on the request's own thread, in parallel;
+        // the committer only links and inserts.
+        let prepared = Logged::new(event)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue
             .send((prepared, tx))
@@ -167,10 +223,10 @@ impl Auditor {
 
 /// Stores a batch in one transaction; if that fails, each event alone, so that one bad event
 /// fails only its own request. A panic is an error, never the end of the committer.
-fn commit(store: &Store, events: Vec<Prepared>) -> Vec<bool> {
-    let attempt = |events: Vec<Prepared>| -> FhirResult<()> {
+fn commit(store: &Store, events: Vec<Logged>) -> Vec<bool> {
+    let attempt = |events: Vec<Logged>| -> FhirResult<()> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            store.write_now(move |conn| store_prepared(conn, events))
+            store.write_now(move |conn| append(conn, events))
         }))
         .unwrap_or_else(|_| Err(FhirError::Internal("the audit committer panicked".into())))
     };
@@ -196,29 +252,76 @@ fn commit(store: &Store, events: Vec<Prepared>) -> Vec<bool> {
     }
 }
 
-/// Appends AuditEvents inside the caller's transaction: each is stored as an AuditEvent resource
-/// and linked into the hash chain.
-pub fn record_in(conn: &mut DbConn, base_url: &str, events: Vec<Value>) -> FhirResult<()> {
+/// Appends AuditEvents to the log inside the caller's transaction.
+pub fn record_in(conn: &mut DbConn, events: Vec<Value>) -> FhirResult<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let prepared = events
+    let logged = events
         .into_iter()
-        .map(|e| Prepared::new(base_url, "AuditEvent", &uuid::Uuid::now_v7().to_string(), e))
+        .map(Logged::new)
         .collect::<FhirResult<Vec<_>>>()?;
-    store_prepared(conn, prepared)
+    append(conn, logged)
 }
 
-/// Stores prepared AuditEvents and links them into the chain, in the caller's transaction.
-fn store_prepared(conn: &mut DbConn, prepared: Vec<Prepared>) -> FhirResult<()> {
-    let stored = crate::rest::write_new_versions(conn, prepared)?;
-    // The chain is locked last, so it is held only for the inserts of the links.
+/// Links AuditEvents into the chain, in the caller's transaction. The chain is locked last, so
+/// it is held only for the inserts of the links.
+fn append(conn: &mut DbConn, events: Vec<Logged>) -> FhirResult<()> {
     let head = chain::lock_head(conn)?;
-    chain::append_all(
-        conn,
-        head,
-        stored
-            .iter()
-            .map(|s| (s.id.as_str(), s.content.as_deref().unwrap_or_default())),
-    )
+    chain::append_all(conn, head, events.into_iter())
+}
+
+/// Writes the resource rows (current, history, search indexes) of the next logged AuditEvents
+/// that have none, in chain order, in the caller's transaction; whether more may wait.
+pub fn materialize(conn: &mut DbConn, base_url: &str) -> FhirResult<bool> {
+    let PendingChunk { rows, last, full } =
+        crate::store::audit::lock_pending(conn, MATERIALIZE_CHUNK)?;
+    let Some(last) = last else {
+        return Ok(false);
+    };
+    let prepared = rows
+        .into_iter()
+        .map(|r| Prepared::logged(base_url, "AuditEvent", r.event_id, r.recorded, r.content))
+        .collect::<FhirResult<Vec<_>>>()?;
+    crate::rest::write_new_versions(conn, prepared)?;
+    crate::store::audit::mark_materialized(conn, last)?;
+    Ok(full)
+}
+
+/// One chunk of `materialize` in its own transaction (the committer's idle work); whether more
+/// may wait. A failure is logged and retried at the next quiet moment.
+fn materialize_chunk(store: &Store, base_url: &str) -> bool {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.write_now(|conn| materialize(conn, base_url))
+    }))
+    .unwrap_or_else(|_| {
+        Err(FhirError::Internal(
+            "the audit materializer panicked".into(),
+        ))
+    });
+    r.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "AuditEvent resource rows could not be written");
+        false
+    })
+}
+
+/// `catch_up` inside the caller's transaction (a Bundle's GET entries).
+pub fn catch_up_in(conn: &mut DbConn, base_url: &str) -> FhirResult<()> {
+    while materialize(conn, base_url)? {}
+    Ok(())
+}
+
+/// Makes every AuditEvent logged so far readable and searchable: called before any read that
+/// could see AuditEvents. Cheap when nothing waits; each chunk commits on its own, so a long
+/// backlog cut short by the request deadline keeps what was done.
+pub async fn catch_up(store: &Store, base_url: &str) -> FhirResult<()> {
+    if !store.read(crate::store::audit::behind).await? {
+        return Ok(());
+    }
+    loop {
+        let base = base_url.to_string();
+        if !store.write(move |conn| materialize(conn, &base)).await? {
+            return Ok(());
+        }
+    }
 }

@@ -209,9 +209,8 @@ impl Engine {
             None => vec![],
         };
         let event = seed.with_interaction(interaction).event(status, entities);
-        let base = self.base_url.clone();
         self.store
-            .write(move |conn| crate::audit::record_in(conn, &base, vec![event]))
+            .write(move |conn| crate::audit::record_in(conn, vec![event]))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "the audit record of a failed batch entry could not be stored");

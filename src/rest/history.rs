@@ -48,6 +48,11 @@ impl Engine {
         level: HistoryLevel,
         params: &[(String, String)],
     ) -> FhirResult<Value> {
+        if let HistoryLevel::Type(t) | HistoryLevel::Instance(t, _) = &level {
+            if t == "AuditEvent" {
+                self.audit_current().await?;
+            }
+        }
         let mut q = HistoryQuery {
             limit: self.default_count,
             ..Default::default()

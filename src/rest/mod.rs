@@ -219,7 +219,7 @@ fn audit_write_with(
         Some(s) => entities_of(s, derived, base),
         None => vec![crate::audit::resource_entity(&format!("{ty}/{id}"))],
     };
-    crate::audit::record_in(conn, base, vec![seed.event(status, entities)]).map_err(|e| {
+    crate::audit::record_in(conn, vec![seed.event(status, entities)]).map_err(|e| {
         tracing::error!(error = %e, "the audit record of a write could not be stored");
         FhirError::Unavailable("the audit log is unavailable, so nothing was written".into())
     })
@@ -246,7 +246,12 @@ pub fn parse_etag(value: &str) -> FhirResult<i64> {
 
 /// Sets `id` and server-owned `meta` (versionId, lastUpdated), keeping the rest of `meta`, and puts
 /// resourceType, id and meta first as FHIR JSON does.
-fn stamp(resource: Value, id: &str, version: i64, last_updated: i64) -> FhirResult<String> {
+pub(crate) fn stamp(
+    resource: Value,
+    id: &str,
+    version: i64,
+    last_updated: i64,
+) -> FhirResult<String> {
     let Value::Object(mut obj) = resource else {
         return Err(FhirError::Internal("resource is not an object".into()));
     };
@@ -347,6 +352,33 @@ impl Prepared {
                 content: stamp(resource, id, 1, now)?,
             },
             entries,
+        })
+    }
+}
+
+impl Prepared {
+    /// Version 1 of `ty/id` as already stamped (`content`) at `last_updated`: an AuditEvent from
+    /// the log, stored as it was hashed.
+    pub fn logged(
+        base_url: &str,
+        ty: &str,
+        id: String,
+        last_updated: i64,
+        content: String,
+    ) -> FhirResult<Prepared> {
+        let resource: Value = serde_json::from_str(&content)
+            .map_err(|e| FhirError::Internal(format!("a logged {ty} is not JSON: {e}")))?;
+        Ok(Prepared {
+            entries: crate::search::extract(&resource, base_url),
+            new: NewVersion {
+                res_type: ty.to_string(),
+                res_id: id,
+                version: 1,
+                last_updated,
+                method: "POST".into(),
+                deleted: 0,
+                content,
+            },
         })
     }
 }
@@ -466,10 +498,19 @@ impl Engine {
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
         }
+        if ty == "AuditEvent" {
+            self.audit_current().await?;
+        }
         let (t, i, base) = (ty.to_string(), id.to_string(), self.base_url.clone());
         self.store
             .read(move |conn| read_version(conn, &rule, &base, &t, &i, v))
             .await
+    }
+
+    /// Makes every AuditEvent logged so far readable and searchable (see `audit::catch_up`):
+    /// called before any read that could see AuditEvents.
+    pub(crate) async fn audit_current(&self) -> FhirResult<()> {
+        crate::audit::catch_up(&self.store, &self.base_url).await
     }
 
     /// `$diff`: the JSON Patch (RFC 6902) that turns version `from` of `ty/id` into version `to`

@@ -32,6 +32,12 @@ pub(crate) struct Planned {
     pub(crate) cursor: Option<Cursor>,
 }
 
+/// Whether a search could find or include AuditEvents: all types, or AuditEvent named anywhere
+/// (its types, a chain or `_has`, an include, or the caller's visibility).
+fn touches_audit(query: &SearchQuery) -> bool {
+    query.types.is_empty() || format!("{query:?}").contains("AuditEvent")
+}
+
 impl Engine {
     pub async fn search(
         &self,
@@ -41,6 +47,9 @@ impl Engine {
         strict: bool,
     ) -> FhirResult<Value> {
         let planned = self.plan_search(access, scope, params, strict)?;
+        if touches_audit(&planned.query) {
+            self.audit_current().await?;
+        }
         let backend = self.store.backend();
         let (q, cursor) = (planned.query.clone(), planned.cursor.clone());
         let page = self
@@ -59,6 +68,9 @@ impl Engine {
         params: &[(String, String)],
     ) -> FhirResult<Value> {
         let planned = self.plan_search(access, scope, params, false)?;
+        if touches_audit(&planned.query) {
+            crate::audit::catch_up_in(conn, &self.base_url)?;
+        }
         let page = run(
             conn,
             self.store.backend(),

@@ -120,7 +120,7 @@ impl Cx<'_> {
                 .zip(&derived)
                 .map(|(s, d)| seed.event(201, super::entities_of(s, d, self.base())))
                 .collect();
-            crate::audit::record_in(conn, self.base(), events).map_err(|e| {
+            crate::audit::record_in(conn, events).map_err(|e| {
                 tracing::error!(error = %e, "the audit records of a transaction could not be stored");
                 FhirError::Unavailable("the audit log is unavailable, so nothing was written".into())
             })?;
@@ -137,9 +137,7 @@ impl Cx<'_> {
         entities: Vec<Value>,
     ) -> FhirResult<()> {
         match self.seed_for(interaction) {
-            Some(seed) => {
-                crate::audit::record_in(conn, self.base(), vec![seed.event(status, entities)])
-            }
+            Some(seed) => crate::audit::record_in(conn, vec![seed.event(status, entities)]),
             None => Ok(()),
         }
     }
@@ -191,7 +189,7 @@ impl Cx<'_> {
         };
         let ty = query.split(['?', '/']).next().filter(|t| !t.is_empty());
         let entities = crate::audit::search_entities(query, params, ty);
-        crate::audit::record_in(conn, self.base(), vec![seed.event(200, entities)])
+        crate::audit::record_in(conn, vec![seed.event(200, entities)])
     }
 
     /// The one resource `cond` matches (None when none does; 412 when several do), with the
@@ -629,6 +627,9 @@ impl Cx<'_> {
         let rule = rule(self.access, Perm::Read, ty)?;
         if !fhir::valid_id(id) {
             return Err(FhirError::NotFound(format!("{ty}/{id} is not a valid id")));
+        }
+        if ty == "AuditEvent" {
+            crate::audit::catch_up_in(conn, self.base())?;
         }
         read_version(conn, &rule, self.base(), ty, id, v)
     }

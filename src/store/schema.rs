@@ -149,5 +149,14 @@ diesel::table! {
         event_id -> Text,
         event_hash -> Text,
         chain_hash -> Text,
+        recorded -> Nullable<BigInt>,
+        content -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    audit_materialized (id) {
+        id -> Integer,
+        seq -> BigInt,
     }
 }

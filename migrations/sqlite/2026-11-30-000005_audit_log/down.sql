@@ -1,0 +1,3 @@
+DROP TABLE audit_materialized;
+ALTER TABLE audit_chain DROP COLUMN content;
+ALTER TABLE audit_chain DROP COLUMN recorded;
