@@ -15,18 +15,15 @@ use crate::store::{DbConn, Store};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn event_hash(content: &str) -> String {
-    hex(&Sha256::digest(content.as_bytes()))
+    format!("{:x}", Sha256::digest(content.as_bytes()))
 }
 
 fn chain_hash(prev: &str, seq: i64, event_id: &str, event_hash: &str) -> String {
-    hex(&Sha256::digest(
-        format!("{prev}|{seq}|{event_id}|{event_hash}").as_bytes(),
-    ))
+    format!(
+        "{:x}",
+        Sha256::digest(format!("{prev}|{seq}|{event_id}|{event_hash}").as_bytes())
+    )
 }
 
 /// Locks the chain for the caller's transaction; its current head.

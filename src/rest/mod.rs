@@ -776,6 +776,8 @@ impl Engine {
 
     pub async fn reindex(&self) -> FhirResult<u64> {
         const BATCH: i64 = 500;
+        // Logged AuditEvents without resource rows get them (indexed) first.
+        self.audit_current().await?;
         let (mut after, mut done) = (0i64, 0u64);
         loop {
             let base = self.base_url.clone();
