@@ -3,11 +3,6 @@
 
 use std::process::ExitCode;
 
-// Request handling allocates small objects on many threads (workers, the blocking pool, the audit
-// committer); under load glibc's `malloc` took about a sixth of the committer's CPU samples.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use cairn::config::{DatabaseArgs, Settings};
 use clap::{Parser, Subcommand};
 

@@ -106,8 +106,11 @@ impl Logged {
     }
 }
 
-/// Links materialized per transaction.
+/// Links materialized per transaction when a read waits for them.
 const MATERIALIZE_CHUNK: i64 = 1000;
+/// Links materialized per transaction when the committer is idle: small, so that a request
+/// arriving meanwhile waits only briefly for the write lock.
+const IDLE_CHUNK: i64 = 100;
 /// How long the committer waits without a record before it materializes.
 const IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -273,9 +276,8 @@ fn append(conn: &mut DbConn, events: Vec<Logged>) -> FhirResult<()> {
 
 /// Writes the resource rows (current, history, search indexes) of the next logged AuditEvents
 /// that have none, in chain order, in the caller's transaction; whether more may wait.
-pub fn materialize(conn: &mut DbConn, base_url: &str) -> FhirResult<bool> {
-    let PendingChunk { rows, last, full } =
-        crate::store::audit::lock_pending(conn, MATERIALIZE_CHUNK)?;
+pub fn materialize(conn: &mut DbConn, base_url: &str, chunk: i64) -> FhirResult<bool> {
+    let PendingChunk { rows, last, full } = crate::store::audit::lock_pending(conn, chunk)?;
     let Some(last) = last else {
         return Ok(false);
     };
@@ -292,7 +294,7 @@ pub fn materialize(conn: &mut DbConn, base_url: &str) -> FhirResult<bool> {
 /// may wait. A failure is logged and retried at the next quiet moment.
 fn materialize_chunk(store: &Store, base_url: &str) -> bool {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.write_now(|conn| materialize(conn, base_url))
+        store.write_now(|conn| materialize(conn, base_url, IDLE_CHUNK))
     }))
     .unwrap_or_else(|_| {
         Err(FhirError::Internal(
@@ -307,7 +309,7 @@ fn materialize_chunk(store: &Store, base_url: &str) -> bool {
 
 /// `catch_up` inside the caller's transaction (a Bundle's GET entries).
 pub fn catch_up_in(conn: &mut DbConn, base_url: &str) -> FhirResult<()> {
-    while materialize(conn, base_url)? {}
+    while materialize(conn, base_url, MATERIALIZE_CHUNK)? {}
     Ok(())
 }
 
@@ -320,7 +322,10 @@ pub async fn catch_up(store: &Store, base_url: &str) -> FhirResult<()> {
     }
     loop {
         let base = base_url.to_string();
-        if !store.write(move |conn| materialize(conn, &base)).await? {
+        if !store
+            .write(move |conn| materialize(conn, &base, MATERIALIZE_CHUNK))
+            .await?
+        {
             return Ok(());
         }
     }
