@@ -3,6 +3,26 @@
 
 use std::process::ExitCode;
 
+// Requests allocate small objects on many threads (actix workers, the blocking pool, the audit
+// committer); under load glibc's `malloc` took about a sixth of the committer's CPU samples.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc tuned for a long-running server's footprint: freed memory goes back to the system at
+/// once, and no transparent huge pages. Untuned, the idle RSS after a small load was 90 MB;
+/// tuned, 44 MB (glibc: 49 MB). The same as `MIMALLOC_PURGE_DELAY=0 MIMALLOC_ALLOW_THP=0`.
+fn tune_allocator() {
+    // `mi_option_purge_delay` in mimalloc.h (v2, the crate's default); libmimalloc-sys does not
+    // name it.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: setting an option is safe at any time; prctl only changes this process's THP use.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 use cairn::config::{DatabaseArgs, Settings};
 use clap::{Parser, Subcommand};
 
@@ -162,6 +182,7 @@ fn parse() -> Result<Command, clap::Error> {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let command = match parse() {
         Ok(command) => command,
         Err(e) if !e.use_stderr() => {
@@ -427,5 +448,18 @@ fn audit(command: AuditCommand) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Option 15 is `purge_delay`: its documented default is 10 (ms), and no neighbour's is.
+    #[test]
+    fn option_15_is_mimallocs_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(unsafe { libmimalloc_sys::mi_option_get(15) }, 10);
+            assert_ne!(unsafe { libmimalloc_sys::mi_option_get(14) }, 10);
+            assert_ne!(unsafe { libmimalloc_sys::mi_option_get(16) }, 10);
+        }
     }
 }
