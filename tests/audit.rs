@@ -535,6 +535,21 @@ fn resource_rows_follow_the_log(app: &TestApp) {
         app.count("SELECT seq AS n FROM audit_materialized"),
         app.count("SELECT MAX(seq) AS n FROM audit_chain")
     );
+    // Writes append their records in their own transactions, not through the committer's queue;
+    // theirs follow too.
+    let before = logged();
+    for _ in 0..3 {
+        app.create(&json!({"resourceType": "Patient"}));
+    }
+    assert_eq!(logged(), before + 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rows() < logged() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writes' AuditEvents have no resource rows after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Indexed too: the reads are found by entity.
     assert_eq!(app.events(&path, &["read"]).len(), 20);
     let (ok, text) = app.verify();

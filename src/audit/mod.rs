@@ -143,7 +143,12 @@ impl Auditor {
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
                             // Quiet: write resource rows, a chunk at a time, until a record
-                            // arrives or none wait.
+                            // arrives or none wait. Writes append their records themselves, so
+                            // the log is looked at even when nothing came through the queue.
+                            if !behind {
+                                behind =
+                                    store.read_now(crate::store::audit::behind).unwrap_or(false);
+                            }
                             let mut next = None;
                             while behind {
                                 behind = materialize_chunk(&store, &base_url);

@@ -225,6 +225,15 @@ impl Store {
         self.blocking(move || f(&mut *store.conn()?)).await
     }
 
+    /// Runs read-only work on the calling thread (for threads of our own, such as the audit
+    /// committer; never on an async worker).
+    pub fn read_now<T, F>(&self, f: F) -> FhirResult<T>
+    where
+        F: FnOnce(&mut DbConn) -> FhirResult<T>,
+    {
+        f(&mut *self.conn()?)
+    }
+
     /// Runs `f` in one transaction on the calling thread (for threads of our own, such as the
     /// audit committer; never on an async worker).
     pub fn write_now<T, F>(&self, f: F) -> FhirResult<T>
