@@ -12,8 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// once, and no transparent huge pages. Untuned, the idle RSS after a small load was 90 MB;
 /// tuned, 44 MB (glibc: 49 MB). The same as `MIMALLOC_PURGE_DELAY=0 MIMALLOC_ALLOW_THP=0`.
 fn tune_allocator() {
-    // `mi_option_purge_delay` in mimalloc.h (v2, the crate's default); libmimalloc-sys does not
-    // name it.
+    // `mi_option_purge_delay` in mimalloc.h (v3, the crate's default build); libmimalloc-sys
+    // does not name it.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: setting an option is safe at any time; prctl only changes this process's THP use.
     unsafe {
@@ -453,13 +453,14 @@ fn audit(command: AuditCommand) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    /// Option 15 is `purge_delay`: its documented default is 10 (ms), and no neighbour's is.
+    /// Option 15 is `purge_delay`: its default in mimalloc v3's options.c is 1000 (ms), and no
+    /// neighbour's is.
     #[test]
     fn option_15_is_mimallocs_purge_delay() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(unsafe { libmimalloc_sys::mi_option_get(15) }, 10);
-            assert_ne!(unsafe { libmimalloc_sys::mi_option_get(14) }, 10);
-            assert_ne!(unsafe { libmimalloc_sys::mi_option_get(16) }, 10);
+            assert_eq!(unsafe { libmimalloc_sys::mi_option_get(15) }, 1000);
+            assert_ne!(unsafe { libmimalloc_sys::mi_option_get(14) }, 1000);
+            assert_ne!(unsafe { libmimalloc_sys::mi_option_get(16) }, 1000);
         }
     }
 }
