@@ -354,9 +354,7 @@ impl Prepared {
             entries,
         })
     }
-}
 
-impl Prepared {
     /// Version 1 of `ty/id` as already stamped (`content`) at `last_updated`: an AuditEvent from
     /// the log, stored as it was hashed.
     pub fn logged(
