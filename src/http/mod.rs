@@ -31,7 +31,46 @@ pub struct AppState {
     pub auditor: Option<Auditor>,
     pub max_body_size: usize,
     /// Per-client token buckets; None when rate limiting is off.
-    pub rate_limiter: Option<Arc<governor::DefaultKeyedRateLimiter<String>>>,
+    pub rate_limiter: Option<Arc<RateLimits>>,
+}
+
+/// Per-client token buckets (one per client id, or per address before authentication), pruned
+/// now and then of buckets that are full again, so that many passing addresses do not grow the
+/// map for ever.
+pub struct RateLimits {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    checks: std::sync::atomic::AtomicU64,
+}
+
+/// Checks between two prunings of the buckets.
+const PRUNE_EVERY: u64 = 4096;
+
+impl RateLimits {
+    pub fn new(per_second: std::num::NonZeroU32, burst: std::num::NonZeroU32) -> RateLimits {
+        RateLimits {
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            ),
+            checks: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket.
+    fn check(&self, key: &str) -> Result<(), governor::NotUntil<governor::clock::QuantaInstant>> {
+        let n = self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.prune();
+        }
+        self.limiter.check_key(&key.to_string())
+    }
+
+    /// Drops the buckets that are indistinguishable from new ones.
+    fn prune(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
 }
 
 impl AppState {
@@ -41,7 +80,7 @@ impl AppState {
         let Some(limiter) = &self.rate_limiter else {
             return Ok(());
         };
-        limiter.check_key(&key.to_string()).map_err(|not_until| {
+        limiter.check(key).map_err(|not_until| {
             crate::metrics::RATE_LIMITED.inc();
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             FhirError::TooManyRequests {
@@ -451,9 +490,7 @@ impl Application {
             max_body_size: settings.max_body_size as usize,
             rate_limiter: std::num::NonZeroU32::new(settings.rate_limit_per_second).map(|rate| {
                 let burst = std::num::NonZeroU32::new(settings.rate_limit_burst).unwrap_or(rate);
-                Arc::new(governor::RateLimiter::keyed(
-                    governor::Quota::per_second(rate).allow_burst(burst),
-                ))
+                Arc::new(RateLimits::new(rate, burst))
             }),
         });
         let server = HttpServer::new(move || {
@@ -522,5 +559,27 @@ impl Application {
     /// Serves until SIGTERM or SIGINT, then finishes in-flight requests and returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimits;
+    use std::num::NonZeroU32;
+
+    #[test]
+    fn full_buckets_are_pruned() {
+        let limits = RateLimits::new(NonZeroU32::new(1000).unwrap(), NonZeroU32::new(1).unwrap());
+        for i in 0..100 {
+            assert!(limits.check(&format!("10.0.0.{i}")).is_ok());
+        }
+        // A second request at once finds its one-request bucket empty.
+        assert!(limits.check("10.0.0.1").is_err());
+        assert_eq!(limits.limiter.len(), 100);
+        // Refilled after a millisecond; then a pruning forgets them all.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        limits.prune();
+        assert_eq!(limits.limiter.len(), 0);
+        assert!(limits.check("10.0.0.1").is_ok());
     }
 }
