@@ -14,12 +14,7 @@
 # ratio to the ceiling measured in the same run. Results go to stdout as a Markdown table.
 set -euo pipefail
 secs=${1:-10}
-[ -f Cargo.toml ] || { echo "run from the project root"; exit 2; }
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 2; }
-cargo build --release --quiet --bin cairn
-target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target/release/cairn"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/lib.sh"
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 wait_ready() { # port [start, as epoch seconds] -> seconds from start to ready
   python3 - "$1" "${2:-}" <<'PY'

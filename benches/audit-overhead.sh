@@ -8,12 +8,7 @@
 # Prints one line per run and the on/off ratio per backend (the issue asks for at least 0.60).
 set -euo pipefail
 secs=${1:-15}
-[ -f Cargo.toml ] || { echo "run from the project root"; exit 2; }
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 2; }
-cargo build --release --quiet --bin cairn
-target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target/release/cairn"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/../bench/lib.sh"
 
 run() { # backend audit -> requests/s
   local backend=$1 audit=$2 work port pid db="" url rps

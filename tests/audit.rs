@@ -51,6 +51,27 @@ impl TestApp {
         }
     }
 
+    /// Takes the append-only triggers off these tables (`audit_chain`, `resource_history`,
+    /// `resources`), as an attacker with DDL rights could.
+    fn unlock(&self, tables: &[&str]) {
+        let statements: Vec<String> = tables
+            .iter()
+            .map(|t| match self.backend {
+                common::Backend::Sqlite => {
+                    let prefix = match *t {
+                        "audit_chain" => "audit_chain",
+                        "resource_history" => "audit_history",
+                        "resources" => "audit_resources",
+                        other => panic!("no append-only triggers on {other}"),
+                    };
+                    format!("DROP TRIGGER {prefix}_no_update; DROP TRIGGER {prefix}_no_delete;")
+                }
+                common::Backend::Postgres => format!("ALTER TABLE {t} DISABLE TRIGGER USER;"),
+            })
+            .collect();
+        self.sql(&statements.join(" ")).unwrap();
+    }
+
     /// A count read from the app's database directly.
     fn count(&self, query: &str) -> i64 {
         use diesel::{sql_types::BigInt, Connection, QueryableByName, RunQueryDsl};
@@ -426,14 +447,7 @@ fn tampering_is_detected(app: &TestApp) {
     // The server's own first records: loading the built-in instruments.
     let n = 5 + cairn::care::instruments::embedded().len();
     assert!(text.contains(&format!("intact: {n} records")), "{text}");
-    let unlock = match app.backend {
-        common::Backend::Sqlite => "DROP TRIGGER audit_history_no_update; DROP TRIGGER audit_history_no_delete; \
-             DROP TRIGGER audit_chain_no_update; DROP TRIGGER audit_chain_no_delete; \
-             DROP TRIGGER audit_resources_no_update; DROP TRIGGER audit_resources_no_delete;",
-        common::Backend::Postgres => "ALTER TABLE resource_history DISABLE TRIGGER USER; \
-             ALTER TABLE audit_chain DISABLE TRIGGER USER; ALTER TABLE resources DISABLE TRIGGER USER;",
-    };
-    app.sql(unlock).unwrap();
+    app.unlock(&["resource_history", "audit_chain", "resources"]);
     let event_of = |seq: i64| -> String {
         // The AuditEvent id of chain link `seq`, through the API.
         let all = app.all_entries("AuditEvent?_sort=date&_count=100");
@@ -462,11 +476,7 @@ fn a_modified_log_entry_is_detected(app: &TestApp) {
     for _ in 0..3 {
         app.create(&json!({"resourceType": "Patient"}));
     }
-    let unlock = match app.backend {
-        common::Backend::Sqlite => "DROP TRIGGER audit_chain_no_update;",
-        common::Backend::Postgres => "ALTER TABLE audit_chain DISABLE TRIGGER USER;",
-    };
-    app.sql(unlock).unwrap();
+    app.unlock(&["audit_chain"]);
     app.sql(
         "UPDATE audit_chain SET content = replace(content, '\"outcome\":\"0\"', '\"outcome\":\"4\"') \
          WHERE seq = 4",
@@ -486,11 +496,7 @@ fn a_deleted_resource_row_is_detected(app: &TestApp) {
     }
     // A search writes the resource rows of everything logged so far.
     app.all_entries("AuditEvent?_count=100");
-    let unlock = match app.backend {
-        common::Backend::Sqlite => "DROP TRIGGER audit_history_no_delete;",
-        common::Backend::Postgres => "ALTER TABLE resource_history DISABLE TRIGGER USER;",
-    };
-    app.sql(unlock).unwrap();
+    app.unlock(&["resource_history"]);
     app.sql(
         "DELETE FROM resource_history WHERE res_type = 'AuditEvent' AND res_id = \
          (SELECT event_id FROM audit_chain WHERE seq = 3)",
@@ -560,16 +566,7 @@ fn a_deleted_record_is_detected(app: &TestApp) {
     for _ in 0..4 {
         app.create(&json!({"resourceType": "Patient"}));
     }
-    let unlock = match app.backend {
-        common::Backend::Sqlite => {
-            "DROP TRIGGER audit_chain_no_delete; DROP TRIGGER audit_history_no_delete;"
-        }
-        common::Backend::Postgres => {
-            "ALTER TABLE audit_chain DISABLE TRIGGER USER; \
-             ALTER TABLE resource_history DISABLE TRIGGER USER;"
-        }
-    };
-    app.sql(unlock).unwrap();
+    app.unlock(&["audit_chain", "resource_history"]);
     // The record and its link both removed: the chain jumps.
     app.sql("DELETE FROM resource_history WHERE res_type = 'AuditEvent' AND res_id = \
              (SELECT event_id FROM audit_chain WHERE seq = 2); DELETE FROM audit_chain WHERE seq = 2;")
@@ -585,11 +582,7 @@ fn swapped_records_are_detected(app: &TestApp) {
     for _ in 0..4 {
         app.create(&json!({"resourceType": "Patient"}));
     }
-    let unlock = match app.backend {
-        common::Backend::Sqlite => "DROP TRIGGER audit_chain_no_update;",
-        common::Backend::Postgres => "ALTER TABLE audit_chain DISABLE TRIGGER USER;",
-    };
-    app.sql(unlock).unwrap();
+    app.unlock(&["audit_chain"]);
     // Records 2 and 3 trade places (their links swap positions).
     app.sql("UPDATE audit_chain SET seq = -2 WHERE seq = 2; UPDATE audit_chain SET seq = 2 WHERE seq = 3; \
              UPDATE audit_chain SET seq = 3 WHERE seq = -2;")

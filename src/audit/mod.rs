@@ -121,7 +121,6 @@ type Queued = (Logged, Reply);
 #[derive(Clone)]
 pub struct Auditor {
     queue: mpsc::Sender<Queued>,
-    base_url: String,
     /// The request deadline: a record not durable by then fails its request (503).
     deadline: Option<std::time::Duration>,
 }
@@ -129,7 +128,6 @@ pub struct Auditor {
 impl Auditor {
     pub fn start(store: Store, base_url: String) -> Auditor {
         let (queue, rx) = mpsc::channel::<Queued>();
-        let base = base_url.clone();
         let deadline = store.deadline();
         thread::Builder::new()
             .name("cairn-audit".into())
@@ -193,16 +191,7 @@ impl Auditor {
                 }
             })
             .expect("start the audit thread");
-        Auditor {
-            queue,
-            base_url: base,
-            deadline,
-        }
-    }
-
-    /// The base URL the events' references are relative to.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
+        Auditor { queue, deadline }
     }
 
     /// Stores one AuditEvent durably (with others queued at the same time); returns once it is.
