@@ -125,8 +125,23 @@ pub struct Auditor {
     deadline: Option<std::time::Duration>,
 }
 
+/// Held while the committer does idle work on the database; true once the process is exiting.
+/// The exit waits for the chunk under way and stops idle work, so that no database client library
+/// is torn down (libpq's TLS cleanup runs at exit) under a running query: that crashed a test
+/// process as it exited.
+static IDLE_WORK: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
+extern "C" fn stop_idle_work() {
+    *IDLE_WORK.lock().unwrap_or_else(|e| e.into_inner()) = true;
+}
+
 impl Auditor {
     pub fn start(store: Store, base_url: String) -> Auditor {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registers a plain function with no arguments, run once at exit.
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(stop_idle_work);
+        });
         let (queue, rx) = mpsc::channel::<Queued>();
         let deadline = store.deadline();
         thread::Builder::new()
@@ -143,13 +158,22 @@ impl Auditor {
                             // Quiet: write resource rows, a chunk at a time, until a record
                             // arrives or none wait. Writes append their records themselves, so
                             // the log is looked at even when nothing came through the queue.
-                            if !behind {
-                                behind =
-                                    store.read_now(crate::store::audit::behind).unwrap_or(false);
-                            }
                             let mut next = None;
-                            while behind {
+                            loop {
+                                let exiting = IDLE_WORK.lock().unwrap_or_else(|e| e.into_inner());
+                                if *exiting {
+                                    break;
+                                }
+                                if !behind {
+                                    behind = store
+                                        .read_now(crate::store::audit::behind)
+                                        .unwrap_or(false);
+                                }
+                                if !behind {
+                                    break;
+                                }
                                 behind = materialize_chunk(&store, &base_url);
+                                drop(exiting);
                                 if let Ok(item) = rx.try_recv() {
                                     next = Some(item);
                                     break;
