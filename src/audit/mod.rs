@@ -125,14 +125,15 @@ pub struct Auditor {
     deadline: Option<std::time::Duration>,
 }
 
-/// Held while the committer does idle work on the database; true once the process is exiting.
+/// Read-held while a committer does idle work on the database (committers of several servers in
+/// one process do not wait for each other); true once the process is exiting.
 /// The exit waits for the chunk under way and stops idle work, so that no database client library
 /// is torn down (libpq's TLS cleanup runs at exit) under a running query: that crashed a test
 /// process as it exited.
-static IDLE_WORK: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static IDLE_WORK: std::sync::RwLock<bool> = std::sync::RwLock::new(false);
 
 extern "C" fn stop_idle_work() {
-    *IDLE_WORK.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    *IDLE_WORK.write().unwrap_or_else(|e| e.into_inner()) = true;
 }
 
 impl Auditor {
@@ -160,7 +161,7 @@ impl Auditor {
                             // the log is looked at even when nothing came through the queue.
                             let mut next = None;
                             loop {
-                                let exiting = IDLE_WORK.lock().unwrap_or_else(|e| e.into_inner());
+                                let exiting = IDLE_WORK.read().unwrap_or_else(|e| e.into_inner());
                                 if *exiting {
                                     break;
                                 }
