@@ -125,6 +125,7 @@ fn main() -> Result<(), String> {
         max_body_size: 64 << 20,
         pool_size: 16,
         pool_timeout_secs: 30,
+        read_cache_mb: 64,
         default_count: 50,
         max_count: 1000,
         rate_limit_per_second: 0,

@@ -121,6 +121,7 @@ fn main() -> Result<(), String> {
         max_body_size: 16 << 20,
         pool_size: 16,
         pool_timeout_secs: 10,
+        read_cache_mb: 64,
         default_count: 50,
         max_count: 1000,
         rate_limit_per_second: 0,

@@ -186,6 +186,11 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub pool_timeout_secs: u64,
 
+    /// Memory for the current-version cache that answers reads by id, in MiB (0: off)
+    #[arg(long, env = "CAIRN_READ_CACHE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub read_cache_mb: u64,
+
     /// Seconds a request's database work may take before it gets 503 (0: no limit); on
     /// PostgreSQL also each statement's timeout
     #[arg(long, env = "CAIRN_REQUEST_TIMEOUT", default_value_t = 60,

@@ -40,9 +40,10 @@ impl TestApp {
         use diesel::connection::SimpleConnection;
         use diesel::Connection;
         match self.db_url.strip_prefix("sqlite://") {
+            // The server may be writing (its audit committer works when idle): wait for it.
             Some(path) => diesel::SqliteConnection::establish(path)
                 .map_err(|e| e.to_string())?
-                .batch_execute(statements)
+                .batch_execute(&format!("PRAGMA busy_timeout = 10000; {statements}"))
                 .map_err(|e| e.to_string()),
             None => diesel::PgConnection::establish(&self.db_url)
                 .map_err(|e| e.to_string())?

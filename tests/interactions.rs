@@ -735,7 +735,66 @@ fn chrono_like_now() -> String {
     cairn::fhir::format_instant(now.as_micros() as i64)
 }
 
+/// A read by id is answered from the current-version cache once the resource was read; every
+/// kind of write (update, patch, transaction, delete, update-as-create again) is seen by the next
+/// read, and a cached resource is judged against the caller's access like any other.
+fn cached_reads_follow_every_write(app: &TestApp) {
+    let p = app.create(&json!({"resourceType": "Patient", "active": false,
+                               "name": [{"family": "Cache"}]}));
+    let id = p["id"].as_str().unwrap().to_string();
+    let path = format!("Patient/{id}");
+    let read = |want: &str| {
+        let r = app.get(&path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("ETag"), Some(format!("W/\"{want}\"").as_str()));
+        let body = r.json();
+        assert_eq!(body["meta"]["versionId"], want, "{body}");
+        body
+    };
+    // Twice: the second read is the cached one, and the same.
+    let (a, b) = (app.get(&path), app.get(&path));
+    assert_eq!((a.status, a.text()), (b.status, b.text()));
+    read("1");
+    let put = json!({"resourceType": "Patient", "id": id, "active": true});
+    assert_eq!(app.json("PUT", &path, &put, &[]).status, 200);
+    assert_eq!(read("2")["active"], true);
+    let patch = br#"[{"op": "replace", "path": "/active", "value": false}]"#;
+    let r = app.send(
+        "PATCH",
+        &path,
+        &[("Content-Type", "application/json-patch+json")],
+        Some(patch),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(read("3")["active"], false);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Patient", "id": id, "gender": "other"},
+        "request": {"method": "PUT", "url": path}}]});
+    assert_eq!(app.json("POST", "", &bundle, &[]).status, 200);
+    assert_eq!(read("4")["gender"], "other");
+    assert_eq!(app.send("DELETE", &path, &[], None).status, 204);
+    assert_eq!(app.get(&path).status, 410);
+    assert_eq!(app.json("PUT", &path, &put, &[]).status, 201);
+    read("6");
+    // The version read before stays readable as a version.
+    assert_eq!(
+        app.get(&format!("{path}/_history/4")).json()["gender"],
+        "other"
+    );
+    // Cached, it is still outside another patient's compartment.
+    let other = app.create(&json!({"resourceType": "Patient"}));
+    let t = app.token("patient/*.rs", other["id"].as_str());
+    let auth = format!("Bearer {t}");
+    let r = app.send("GET", &path, &[("Authorization", auth.as_str())], None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let own = format!("Patient/{}", other["id"].as_str().unwrap());
+    app.get(&own);
+    let r = app.send("GET", &own, &[("Authorization", auth.as_str())], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 on_both_backends!(
+    cached_reads_follow_every_write,
     diff_turns_one_version_into_another,
     patient_everything_holds_the_compartment,
     careplan_everything_is_the_plan_package,

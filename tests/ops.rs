@@ -258,3 +258,68 @@ on_both_backends!(mod tiny_pool, |s| {
     s.pool_timeout_secs = 1;
     s.request_timeout_secs = 0;
 }; an_exhausted_pool_answers_503);
+
+/// Two server processes on one PostgreSQL database (stateless replicas): a write through one is
+/// seen by the other's next reads once its notification arrives, even where the other had the old
+/// version in its read cache.
+#[test]
+fn replicas_forget_what_the_other_wrote() {
+    use common::process::{database, drop_database, token, Server};
+    let Some((url, dir, pg)) = database(common::Backend::Postgres) else {
+        eprintln!("CAIRN_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    let (a, b) = (Server::start(&url, &dir.0), Server::start(&url, &dir.0));
+    let t = token(&url, &dir.0);
+    let auth = format!("Bearer {t}");
+    let send = |base: &str, method: &str, path: &str, body: Option<serde_json::Value>| {
+        let req = ureq::request(method, &format!("{base}/{path}"))
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/fhir+json");
+        let r = match body {
+            Some(b) => req.send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let r = match r {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = r.status();
+        let body: serde_json::Value = r.into_json().unwrap_or_default();
+        (
+            status,
+            body["meta"]["versionId"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    // b's read of `path` becomes `want` within a few seconds.
+    let seen = |path: &str, want: (u16, &str)| {
+        let started = std::time::Instant::now();
+        loop {
+            let got = send(&b.base, "GET", path, None);
+            if (got.0, got.1.as_str()) == want {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{path}: still {got:?}, not {want:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    for i in 0..10 {
+        let path = format!("Patient/replica-{i}");
+        let p = |active: bool| {
+            Some(json!({"resourceType": "Patient", "id": format!("replica-{i}"), "active": active}))
+        };
+        assert_eq!(send(&a.base, "PUT", &path, p(true)).0, 201);
+        // Read twice through b: cached there.
+        assert_eq!(send(&b.base, "GET", &path, None), (200, "1".to_string()));
+        assert_eq!(send(&b.base, "GET", &path, None), (200, "1".to_string()));
+        assert_eq!(send(&a.base, "PUT", &path, p(false)).0, 200);
+        seen(&path, (200, "2"));
+        assert_eq!(send(&a.base, "DELETE", &path, None).0, 204);
+        seen(&path, (410, ""));
+    }
+    drop((a, b));
+    drop_database(pg);
+}

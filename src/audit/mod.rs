@@ -69,7 +69,9 @@ pub fn written_entities(s: &crate::rest::Stored, base_url: &str) -> Vec<Value> {
         "{}/{}/_history/{}",
         s.resource_type, s.id, s.version
     ))];
-    if let Some(content) = &s.content {
+    if let Some(patients) = &s.patients {
+        out.extend(patients.iter().map(|p| patient_entity(p)));
+    } else if let Some(content) = &s.content {
         if let Ok(v) = serde_json::from_str::<Value>(content) {
             out.extend(
                 crate::search::patients_in(&v, base_url)
@@ -97,7 +99,25 @@ impl Logged {
     pub fn new(event: Value) -> FhirResult<Logged> {
         let id = uuid::Uuid::now_v7().to_string();
         let recorded = crate::rest::now_micros();
-        let content = crate::rest::stamp(event, &id, 1, recorded)?;
+        let content = match event {
+            // An event as `AuditSeed::event` makes it (`resourceType` first, no id or meta yet):
+            // `rest::stamp`'s result, without rebuilding the object around them.
+            Value::Object(mut obj)
+                if obj.keys().next().map(String::as_str) == Some("resourceType")
+                    && !obj.contains_key("id")
+                    && !obj.contains_key("meta") =>
+            {
+                obj.shift_insert(1, "id".into(), Value::String(id.clone()));
+                let meta = serde_json::json!({
+                    "versionId": "1",
+                    "lastUpdated": crate::fhir::format_instant(recorded),
+                });
+                obj.shift_insert(2, "meta".into(), meta);
+                serde_json::to_string(&Value::Object(obj))
+                    .map_err(|e| FhirError::Internal(format!("AuditEvent: {e}")))?
+            }
+            other => crate::rest::stamp(other, &id, 1, recorded)?,
+        };
         Ok(Logged {
             id,
             recorded,
@@ -125,24 +145,8 @@ pub struct Auditor {
     deadline: Option<std::time::Duration>,
 }
 
-/// Read-held while a committer does idle work on the database (committers of several servers in
-/// one process do not wait for each other); true once the process is exiting.
-/// The exit waits for the chunk under way and stops idle work, so that no database client library
-/// is torn down (libpq's TLS cleanup runs at exit) under a running query: that crashed a test
-/// process as it exited.
-static IDLE_WORK: std::sync::RwLock<bool> = std::sync::RwLock::new(false);
-
-extern "C" fn stop_idle_work() {
-    *IDLE_WORK.write().unwrap_or_else(|e| e.into_inner()) = true;
-}
-
 impl Auditor {
     pub fn start(store: Store, base_url: String) -> Auditor {
-        static AT_EXIT: std::sync::Once = std::sync::Once::new();
-        // SAFETY: registers a plain function with no arguments, run once at exit.
-        AT_EXIT.call_once(|| unsafe {
-            libc::atexit(stop_idle_work);
-        });
         let (queue, rx) = mpsc::channel::<Queued>();
         let deadline = store.deadline();
         thread::Builder::new()
@@ -161,10 +165,9 @@ impl Auditor {
                             // the log is looked at even when nothing came through the queue.
                             let mut next = None;
                             loop {
-                                let exiting = IDLE_WORK.read().unwrap_or_else(|e| e.into_inner());
-                                if *exiting {
+                                let Some(work) = crate::store::background_work() else {
                                     break;
-                                }
+                                };
                                 if !behind {
                                     behind = store
                                         .read_now(crate::store::audit::behind)
@@ -174,7 +177,7 @@ impl Auditor {
                                     break;
                                 }
                                 behind = materialize_chunk(&store, &base_url);
-                                drop(exiting);
+                                drop(work);
                                 if let Ok(item) = rx.try_recv() {
                                     next = Some(item);
                                     break;
@@ -347,5 +350,23 @@ pub async fn catch_up(store: &Store, base_url: &str) -> FhirResult<()> {
         {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_event_is_stamped_as_any_resource_is() {
+        let seed = AuditSeed::new(Interaction::Read, None, Some("10.0.0.1"), "http://x/fhir");
+        let ev = seed.event(200, vec![resource_entity("Patient/p/_history/1")]);
+        let logged = Logged::new(ev.clone()).unwrap();
+        let stamped = crate::rest::stamp(ev, &logged.id, 1, logged.recorded).unwrap();
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        assert_eq!(parse(&logged.content), parse(&stamped));
+        assert!(logged
+            .content
+            .starts_with(r#"{"resourceType":"AuditEvent","id":"#));
     }
 }

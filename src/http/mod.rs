@@ -427,6 +427,10 @@ pub fn engine(settings: &Settings, port: u16) -> Result<Engine, String> {
         (settings.request_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(settings.request_timeout_secs)),
     )?;
+    let store = match settings.read_cache_mb {
+        0 => store,
+        mb => store.with_read_cache(settings.database_url(), mb * 1024 * 1024),
+    };
     Ok(Engine {
         store,
         base_url: settings.base_url_for(port),

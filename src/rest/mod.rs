@@ -74,6 +74,8 @@ pub struct Stored {
     pub last_updated: i64,
     /// The resource as FHIR JSON text, exactly as stored (None for a deletion).
     pub content: Option<String>,
+    /// The patients whose compartment holds it, when already known (a cached read's).
+    pub patients: Option<std::sync::Arc<[String]>>,
 }
 
 /// The result of a write: what was stored, and whether it created the resource.
@@ -92,6 +94,7 @@ impl Stored {
             version: row.version,
             last_updated: row.last_updated,
             content: (!deleted).then_some(row.content),
+            patients: None,
         }
     }
 
@@ -325,6 +328,7 @@ pub(crate) fn write_version(
         version,
         last_updated,
         content: (!new.content.is_empty()).then_some(new.content),
+        patients: None,
     })
 }
 
@@ -400,6 +404,7 @@ pub(crate) fn write_new_versions(
             version: 1,
             last_updated: n.last_updated,
             content: Some(n.content),
+            patients: None,
         })
         .collect())
 }
@@ -499,9 +504,35 @@ impl Engine {
         if ty == "AuditEvent" {
             self.audit_current().await?;
         }
-        let (t, i, base) = (ty.to_string(), id.to_string(), self.base_url.clone());
+        // The current version from memory when it is cached: no database work, no thread hop.
+        let cache = self.store.cache().filter(|_| v.is_none());
+        if let Some(hit) = cache.and_then(|c| c.get(ty, id)) {
+            admit_live(&rule, &self.base_url, &hit.row)?;
+            let mut stored = Stored::from_row(hit.row.clone());
+            stored.patients = Some(hit.patients.clone());
+            return Ok(stored);
+        }
+        let ticket = cache.map(|c| c.ticket());
+        let (t, i, base, store) = (
+            ty.to_string(),
+            id.to_string(),
+            self.base_url.clone(),
+            self.store.clone(),
+        );
         self.store
-            .read(move |conn| read_version(conn, &rule, &base, &t, &i, v))
+            .read(move |conn| {
+                let found = store::version(conn, &t, &i, v)?;
+                if let (Some(ticket), Some(row), Some(cache)) = (ticket, &found, store.cache()) {
+                    if cache.admits(row) {
+                        // What the audit record of a read names, worked out once.
+                        let patients = serde_json::from_str::<Value>(&row.content)
+                            .map(|r| crate::search::patients_in(&r, &base))
+                            .unwrap_or_default();
+                        cache.remember(ticket, row, patients);
+                    }
+                }
+                judge_version(conn, &rule, &base, &t, &i, v, found)
+            })
             .await
     }
 
@@ -815,11 +846,35 @@ fn read_version(
     id: &str,
     v: Option<i64>,
 ) -> FhirResult<Stored> {
+    let found = store::version(conn, ty, id, v)?;
+    judge_version(conn, rule, base, ty, id, v, found)
+}
+
+/// A live version as `rule` lets the caller read it (403 when it may not).
+fn admit_live(rule: &Rule, base: &str, row: &store::VersionRow) -> FhirResult<()> {
+    if *rule != Rule::All {
+        let resource: Value = serde_json::from_str(&row.content)
+            .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
+        admit(rule, &row.res_type, &row.res_id, &resource, base, "reading")?;
+    }
+    Ok(())
+}
+
+/// `read_version` on the version found.
+fn judge_version(
+    conn: &mut store::DbConn,
+    rule: &Rule,
+    base: &str,
+    ty: &str,
+    id: &str,
+    v: Option<i64>,
+    found: Option<store::VersionRow>,
+) -> FhirResult<Stored> {
     let what = match v {
         Some(v) => format!("{ty}/{id}/_history/{v}"),
         None => format!("{ty}/{id}"),
     };
-    match store::version(conn, ty, id, v)? {
+    match found {
         None => Err(FhirError::NotFound(format!("{what} is not known"))),
         Some(r) if r.is_deleted() => {
             if *rule != Rule::All {
@@ -835,11 +890,7 @@ fn read_version(
             Err(FhirError::Gone(format!("{what} was deleted")))
         }
         Some(r) => {
-            if *rule != Rule::All {
-                let resource: Value = serde_json::from_str(&r.content)
-                    .map_err(|e| FhirError::Internal(format!("stored resource: {e}")))?;
-                admit(rule, ty, id, &resource, base, "reading")?;
-            }
+            admit_live(rule, base, &r)?;
             Ok(Stored::from_row(r))
         }
     }

@@ -42,15 +42,19 @@ pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
     if let DbConn::Postgres(_) = conn {
         conn.batch_execute(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK})"))?;
     }
-    Ok(audit_chain::table
-        .select(Head::as_select())
-        .order(audit_chain::seq.desc())
-        .first(conn)
-        .optional()?)
+    super::first_row(
+        audit_chain::table
+            .select(Head::as_select())
+            .order(audit_chain::seq.desc()),
+        conn,
+    )
 }
 
-/// Inserts links in multi-row statements.
+/// Inserts links in multi-row statements (on PostgreSQL, one statement of arrays).
 pub fn insert_many(conn: &mut DbConn, links: &[Link]) -> FhirResult<()> {
+    if let DbConn::Postgres(pg) = conn {
+        return insert_unnest(pg, links);
+    }
     for chunk in links.chunks(200) {
         let mut q = Sql::new(
             "INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash, recorded, content) \
@@ -76,6 +80,27 @@ pub fn insert_many(conn: &mut DbConn, links: &[Link]) -> FhirResult<()> {
         }
         q.execute(conn)?;
     }
+    Ok(())
+}
+
+/// PostgreSQL: the links as six arrays, so the statement (and its plan) is the same whatever the
+/// batch size, where a VALUES list of six parameters per link is parsed and planned anew.
+fn insert_unnest(pg: &mut diesel::PgConnection, links: &[Link]) -> FhirResult<()> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    let text = |f: fn(&Link) -> &str| links.iter().map(f).collect::<Vec<&str>>();
+    let ints = |f: fn(&Link) -> i64| links.iter().map(f).collect::<Vec<i64>>();
+    diesel::sql_query(
+        "INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash, recorded, content) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+         $6::text[])",
+    )
+    .bind::<Array<BigInt>, _>(ints(|l| l.seq))
+    .bind::<Array<Text>, _>(text(|l| &l.event_id))
+    .bind::<Array<Text>, _>(text(|l| &l.event_hash))
+    .bind::<Array<Text>, _>(text(|l| &l.chain_hash))
+    .bind::<Array<BigInt>, _>(ints(|l| l.recorded))
+    .bind::<Array<Text>, _>(text(|l| &l.content))
+    .execute(pg)?;
     Ok(())
 }
 
@@ -157,12 +182,13 @@ pub fn events_since(
 
 /// How far the AuditEvent resource rows have been written.
 pub fn materialized(conn: &mut DbConn) -> FhirResult<i64> {
-    Ok(audit_materialized::table
-        .select(audit_materialized::seq)
-        .find(1)
-        .first(conn)
-        .optional()?
-        .unwrap_or(0))
+    Ok(super::first_row(
+        audit_materialized::table
+            .select(audit_materialized::seq)
+            .find(1),
+        conn,
+    )?
+    .unwrap_or(0))
 }
 
 /// Whether links wait for their resource rows.

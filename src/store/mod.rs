@@ -3,6 +3,7 @@
 //! tokio's blocking pool, never on an actix worker. Only this module sees diesel.
 
 pub mod audit;
+pub mod cache;
 pub mod clients;
 mod schema;
 pub mod search;
@@ -73,6 +74,7 @@ impl std::str::FromStr for DatabaseUrl {
 
 impl DatabaseUrl {
     fn establish(&self) -> Result<DbConn, String> {
+        keep_tls_at_exit();
         match self.backend {
             Backend::Sqlite => {
                 if let Some(dir) = std::path::Path::new(&self.target).parent() {
@@ -120,6 +122,69 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FU
      PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; \
      PRAGMA case_sensitive_like = ON;";
 
+/// Keeps OpenSSL (which libpq loads for TLS to PostgreSQL) from tearing itself down at process
+/// exit: its exit handler, `OPENSSL_cleanup`, crashed test processes as they exited, with idle
+/// threads that had used TLS connections still alive. The first initialization decides, so this
+/// runs before the first connection (`DatabaseUrl::establish`, and the tests' own connections).
+/// A no-op when no OpenSSL is loaded.
+pub fn keep_tls_at_exit() {
+    const OPENSSL_INIT_NO_ATEXIT: u64 = 0x0008_0000;
+    type Init = unsafe extern "C" fn(u64, *const libc::c_void) -> libc::c_int;
+    // SAFETY: the symbol, if present, is OpenSSL's
+    // `int OPENSSL_init_crypto(uint64_t opts, const OPENSSL_INIT_SETTINGS *settings)`, which
+    // accepts a null settings pointer and may be called from any thread, any number of times.
+    unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"OPENSSL_init_crypto".as_ptr());
+        if !sym.is_null() {
+            let init: Init = std::mem::transmute::<*mut libc::c_void, Init>(sym);
+            init(OPENSSL_INIT_NO_ATEXIT, std::ptr::null());
+        }
+    }
+}
+
+/// Read-held while a thread of our own (the audit committer's idle work, the cache listener)
+/// uses the database in the background; true once the process is exiting. The exit waits for the
+/// work under way and stops it, so that no database client library is torn down (libpq's TLS
+/// cleanup runs at exit) under a running query: that crashed a test process as it exited.
+static EXITING: std::sync::RwLock<bool> = std::sync::RwLock::new(false);
+
+extern "C" fn stop_background_work() {
+    *EXITING.write().unwrap_or_else(|e| e.into_inner()) = true;
+}
+
+/// Permission to do background database work now (held while it runs); None once the process
+/// is exiting.
+pub fn background_work() -> Option<std::sync::RwLockReadGuard<'static, bool>> {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function with no arguments, run once at exit.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(stop_background_work);
+    });
+    let g = EXITING.read().unwrap_or_else(|e| e.into_inner());
+    (!*g).then_some(g)
+}
+
+/// The first row of `query`, if any: diesel's `first`, except on SQLite, where it runs without a
+/// `LIMIT`. Diesel binds the limit as a parameter, and SQLite (3.53) plans with a bound LIMIT's
+/// value, so rebinding it re-prepares the statement on every run, which defeats the statement
+/// cache; SQLite steps rows lazily, so only the first is read. (PostgreSQL sends a whole result at
+/// once, so there the `LIMIT` stays.)
+pub(crate) fn first_row<'q, Q, U>(query: Q, conn: &mut DbConn) -> FhirResult<Option<U>>
+where
+    Q: diesel::query_dsl::methods::LimitDsl + diesel::query_dsl::LoadQuery<'q, DbConn, U> + 'q,
+    diesel::dsl::Limit<Q>: diesel::query_dsl::LoadQuery<'q, DbConn, U>,
+    U: 'q,
+{
+    use diesel::OptionalExtension;
+    Ok(match conn {
+        DbConn::Sqlite(_) => query
+            .load_iter::<U, diesel::connection::DefaultLoadingMode>(conn)?
+            .next()
+            .transpose()?,
+        DbConn::Postgres(_) => query.first(conn).optional()?,
+    })
+}
+
 /// Session settings of every new connection: SQLite's pragmas; PostgreSQL's statement timeout.
 #[derive(Debug)]
 struct SessionSetup {
@@ -146,6 +211,8 @@ pub struct Store {
     backend: Backend,
     /// How long a request's database work may take before it is answered 503.
     deadline: Option<Duration>,
+    /// The current-version cache (None: off, as for the CLI's commands).
+    cache: Option<std::sync::Arc<cache::ReadCache>>,
 }
 
 impl Store {
@@ -182,7 +249,25 @@ impl Store {
             pool,
             backend: url.backend,
             deadline,
+            cache: None,
         })
+    }
+
+    /// Turns on the current-version cache, of at most `bytes` (see `cache`); on PostgreSQL it
+    /// starts bypassed until its listener is connected.
+    pub fn with_read_cache(mut self, url: &DatabaseUrl, bytes: u64) -> Store {
+        let pg = url.backend == Backend::Postgres;
+        let cache = std::sync::Arc::new(cache::ReadCache::new(bytes, !pg));
+        if pg {
+            cache::listen(&cache, url.target.clone());
+        }
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The current-version cache, when it is on.
+    pub fn cache(&self) -> Option<&cache::ReadCache> {
+        self.cache.as_deref()
     }
 
     /// How long a request's database work may take (None: no limit).
@@ -242,7 +327,10 @@ impl Store {
     {
         let mut pooled = self.conn()?;
         let conn: &mut DbConn = &mut pooled;
-        conn.transaction(|c: &mut DbConn| {
+        let touched = cache::Touched::start();
+        // On PostgreSQL every writer tells the instances' caches, the CLI's commands included.
+        let notify = self.backend == Backend::Postgres;
+        let result = conn.transaction(|c: &mut DbConn| {
             match c {
                 // Take SQLite's write lock first (see the write_lock table).
                 DbConn::Sqlite(_) => {
@@ -254,8 +342,25 @@ impl Store {
                     c.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")?
                 }
             }
-            f(c)
-        })
+            let out = f(c)?;
+            // Other instances forget what this one wrote, when it commits.
+            if notify {
+                use diesel::RunQueryDsl;
+                for payload in cache::payloads(&cache::Touched::so_far()) {
+                    diesel::sql_query("SELECT pg_notify($1, $2)")
+                        .bind::<diesel::sql_types::Text, _>(cache::CHANNEL)
+                        .bind::<diesel::sql_types::Text, _>(payload)
+                        .execute(c)?;
+                }
+            }
+            Ok(out)
+        });
+        // Committed or not, what it wrote is read from the database again.
+        let keys = touched.take();
+        if let (Some(cache), false) = (&self.cache, keys.is_empty()) {
+            cache.forget(keys.iter().map(|(t, i)| (t.as_str(), i.as_str())));
+        }
+        result
     }
 
     /// Runs read-only work that makes several queries in one transaction on a consistent snapshot

@@ -52,12 +52,13 @@ pub struct NewVersion {
 }
 
 pub fn current(conn: &mut DbConn, ty: &str, id: &str) -> FhirResult<Option<CurrentRow>> {
-    Ok(cur::table
-        .filter(cur::res_type.eq(ty))
-        .filter(cur::res_id.eq(id))
-        .select(CurrentRow::as_select())
-        .first(conn)
-        .optional()?)
+    super::first_row(
+        cur::table
+            .filter(cur::res_type.eq(ty))
+            .filter(cur::res_id.eq(id))
+            .select(CurrentRow::as_select()),
+        conn,
+    )
 }
 
 /// `current` for a writer: first takes the row lock (a no-op UPDATE, which both backends support,
@@ -86,8 +87,8 @@ pub fn version(
         .filter(rh::res_id.eq(id))
         .select(VersionRow::as_select());
     let row = match version {
-        Some(v) => q.filter(rh::version.eq(v)).first(conn).optional()?,
-        None => q.order(rh::version.desc()).first(conn).optional()?,
+        Some(v) => super::first_row(q.filter(rh::version.eq(v)), conn)?,
+        None => super::first_row(q.order(rh::version.desc()), conn)?,
     };
     Ok(row)
 }
@@ -98,6 +99,9 @@ pub fn version(
 /// Appends brand-new resources of one type (first versions, such as a batch of AuditEvents) in a
 /// few statements; their row ids, in order.
 pub fn append_new_many(conn: &mut DbConn, news: &[NewVersion]) -> FhirResult<Vec<i64>> {
+    for n in news {
+        super::cache::touched(&n.res_type, &n.res_id);
+    }
     let found: std::collections::HashMap<(String, String), i64> = if let DbConn::Postgres(pg) = conn
     {
         append_new_unnest(pg, news)?.into_iter().collect()
@@ -229,6 +233,7 @@ struct IdRid {
 }
 
 pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) -> FhirResult<i64> {
+    super::cache::touched(&new.res_type, &new.res_id);
     let rid = match prev {
         None => {
             diesel::insert_into(cur::table)
@@ -241,11 +246,14 @@ pub fn append(conn: &mut DbConn, prev: Option<&CurrentRow>, new: &NewVersion) ->
                 ))
                 .execute(conn)?;
             // No RETURNING across both backends: read the new row id back.
-            cur::table
-                .filter(cur::res_type.eq(&new.res_type))
-                .filter(cur::res_id.eq(&new.res_id))
-                .select(cur::rid)
-                .first(conn)?
+            super::first_row(
+                cur::table
+                    .filter(cur::res_type.eq(&new.res_type))
+                    .filter(cur::res_id.eq(&new.res_id))
+                    .select(cur::rid),
+                conn,
+            )?
+            .ok_or_else(|| FhirError::Internal(format!("row id of {} not found", new.res_id)))?
         }
         Some(p) => {
             let swapped = diesel::update(

@@ -45,6 +45,8 @@ mod tempdir {
 }
 
 pub fn postgres_url() -> Option<String> {
+    // Before this process's first connection (see the function).
+    cairn::store::keep_tls_at_exit();
     std::env::var("CAIRN_TEST_POSTGRES_URL")
         .ok()
         .filter(|s| !s.is_empty())
@@ -67,6 +69,7 @@ pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
         max_body_size: 4 * 1024 * 1024,
         pool_size: 8,
         pool_timeout_secs: 2,
+        read_cache_mb: 64,
         default_count: 50,
         max_count: 1000,
         rate_limit_per_second: 0,
