@@ -531,7 +531,7 @@ impl Engine {
                         cache.remember(ticket, row, patients);
                     }
                 }
-                judge_version(conn, &rule, &base, &t, &i, v, found)
+                read_version(conn, &rule, &base, &t, &i, v, found)
             })
             .await
     }
@@ -835,21 +835,6 @@ impl Engine {
     }
 }
 
-/// Version `v` of `ty/id` (the current one when None) as `rule` lets the caller read it: 404 if
-/// it never existed, 410 if it is a deletion (403 instead if the last live version was not the
-/// caller's to see).
-fn read_version(
-    conn: &mut store::DbConn,
-    rule: &Rule,
-    base: &str,
-    ty: &str,
-    id: &str,
-    v: Option<i64>,
-) -> FhirResult<Stored> {
-    let found = store::version(conn, ty, id, v)?;
-    judge_version(conn, rule, base, ty, id, v, found)
-}
-
 /// A live version as `rule` lets the caller read it (403 when it may not).
 fn admit_live(rule: &Rule, base: &str, row: &store::VersionRow) -> FhirResult<()> {
     if *rule != Rule::All {
@@ -860,8 +845,10 @@ fn admit_live(rule: &Rule, base: &str, row: &store::VersionRow) -> FhirResult<()
     Ok(())
 }
 
-/// `read_version` on the version found.
-fn judge_version(
+/// Version `v` of `ty/id` (the current one when None), `found` in the store, as `rule` lets the
+/// caller read it: 404 if it never existed, 410 if it is a deletion (403 instead if the last live
+/// version was not the caller's to see).
+fn read_version(
     conn: &mut store::DbConn,
     rule: &Rule,
     base: &str,

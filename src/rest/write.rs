@@ -631,7 +631,8 @@ impl Cx<'_> {
         if ty == "AuditEvent" {
             crate::audit::catch_up_in(conn, self.base())?;
         }
-        read_version(conn, &rule, self.base(), ty, id, v)
+        let found = store::version(conn, ty, id, v)?;
+        read_version(conn, &rule, self.base(), ty, id, v, found)
     }
 }
 
