@@ -15,7 +15,7 @@ use crate::store::{DbConn, Store};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn event_hash(content: &str) -> String {
+pub(super) fn event_hash(content: &str) -> String {
     format!("{:x}", Sha256::digest(content.as_bytes()))
 }
 
@@ -44,13 +44,12 @@ pub fn append_all(
     let mut links = Vec::new();
     for ev in events {
         seq += 1;
-        let eh = event_hash(&ev.content);
-        let ch = chain_hash(&prev, seq, &ev.id, &eh);
+        let ch = chain_hash(&prev, seq, &ev.id, &ev.hash);
         prev = ch.clone();
         links.push(Link {
             seq,
             event_id: ev.id,
-            event_hash: eh,
+            event_hash: ev.hash,
             chain_hash: ch,
             recorded: ev.recorded,
             content: ev.content,

@@ -6,14 +6,20 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde::Serialize;
 
+use super::Logged;
 use crate::auth::Access;
 use crate::fhir::format_instant;
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
 const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const EVENT_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-event-type";
+const INTERACTION: &str = "http://hl7.org/fhir/restful-interaction";
+const SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/security-source-type";
+const PARTICIPATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
+const ROLE_CLASS: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleClass";
 
 /// The FHIR RESTful interactions (http://hl7.org/fhir/restful-interaction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,12 +136,22 @@ pub fn infer(method: &str, path: &str) -> (Interaction, Option<String>) {
 #[derive(Debug, Clone)]
 pub struct AuditSeed {
     pub interaction: Interaction,
-    agents: Vec<Value>,
-    source: Value,
-    /// The patient in the token's context, if any (an entity of every event of the request).
+    /// The client, as the token names it (None: no valid token; `anonymous`: authorization off).
+    client: Client,
+    address: Option<String>,
+    fhir_user: Option<String>,
+    /// The patient in the token's context, as a reference (also an entity of every event).
     patient: Option<String>,
+    base_url: String,
     /// A token request (DICOM User Authentication / Login) rather than a RESTful interaction.
     login: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Client {
+    Unauthenticated,
+    Anonymous,
+    Id(String),
 }
 
 impl AuditSeed {
@@ -145,49 +161,17 @@ impl AuditSeed {
         address: Option<&str>,
         base_url: &str,
     ) -> AuditSeed {
-        let mut client = json!({
-            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
-            "requestor": true,
-        });
-        client["who"] = match access {
-            Some(a) if a.unrestricted && a.client_id.is_none() => {
-                json!({"display": "anonymous (authorization disabled)"})
-            }
-            Some(a) => json!({"identifier": {"system": "urn:cairn:client-id", "value": a.who()}}),
-            None => json!({"display": "unauthenticated"}),
-        };
-        if let Some(addr) = address {
-            client["network"] = json!({"address": addr, "type": "2"});
-        }
-        let mut agents = vec![client];
-        if let Some(user) = access.and_then(|a| a.fhir_user.as_deref()) {
-            agents.push(json!({
-                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                    "code": "IRCP", "display": "information recipient"}]},
-                "who": {"reference": user},
-                "requestor": true,
-            }));
-        }
-        let patient = access.and_then(|a| a.patient.clone());
-        if let Some(p) = &patient {
-            agents.push(json!({
-                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
-                    "code": "PAT", "display": "patient"}]},
-                "who": {"reference": format!("Patient/{p}")},
-                "requestor": false,
-            }));
-        }
         AuditSeed {
             interaction,
-            agents,
-            source: json!({
-                "site": base_url,
-                "observer": {"display": "Cairn FHIR server",
-                    "identifier": {"system": "urn:ietf:rfc:3986", "value": base_url}},
-                "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4", "display": "Application Server"}],
-            }),
-            patient,
+            client: match access {
+                Some(a) if a.unrestricted && a.client_id.is_none() => Client::Anonymous,
+                Some(a) => Client::Id(a.who()),
+                None => Client::Unauthenticated,
+            },
+            address: address.map(str::to_string),
+            fhir_user: access.and_then(|a| a.fhir_user.clone()),
+            patient: access.and_then(|a| a.patient.as_ref().map(|p| format!("Patient/{p}"))),
+            base_url: base_url.to_string(),
             login: false,
         }
     }
@@ -212,74 +196,277 @@ impl AuditSeed {
         }
     }
 
-    /// The AuditEvent for an HTTP `status` with these entities (the token's patient is added).
-    pub fn event(&self, status: u16, mut entities: Vec<Value>) -> Value {
+    /// The AuditEvent for an HTTP `status` with these entities (the token's patient is added),
+    /// with its id and `meta` stamped, serialized as it is logged and stored.
+    pub fn event(&self, status: u16, mut entities: Vec<Entity>) -> Logged {
         if let Some(p) = &self.patient {
-            let r = format!("Patient/{p}");
-            if !entities
-                .iter()
-                .any(|e| e["what"]["reference"] == r.as_str())
-            {
-                entities.push(patient_entity(p));
+            if !entities.iter().any(|e| e.reference() == Some(p)) {
+                entities.push(Entity::Patient(p.clone()));
             }
         }
-        let (outcome, desc) = match status {
+        let id = uuid::Uuid::now_v7().to_string();
+        let recorded = crate::rest::now_micros();
+        let instant = format_instant(recorded);
+        let (outcome, outcome_desc) = match status {
             200..=399 => ("0", None),
-            400..=499 => ("4", Some(status)),
-            _ => ("8", Some(status)),
+            400..=499 => ("4", Some(format!("HTTP {status}"))),
+            _ => ("8", Some(format!("HTTP {status}"))),
         };
-        let mut ev = json!({
-            "resourceType": "AuditEvent",
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                "code": "rest", "display": "RESTful Operation"},
-            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction",
-                "code": self.interaction.code(), "display": self.interaction.code()}],
-            "action": self.interaction.action(),
-            "recorded": format_instant(crate::rest::now_micros()),
-            "outcome": outcome,
-        });
-        if let Some(s) = desc {
-            ev["outcomeDesc"] = json!(format!("HTTP {s}"));
+        let code = self.interaction.code();
+        let (ty, subtype, action) = if self.login {
+            (
+                Coding::new(DCM, "110114", "User Authentication"),
+                Coding::new(DCM, "110122", "Login"),
+                "E",
+            )
+        } else {
+            (
+                Coding::new(EVENT_TYPE, "rest", "RESTful Operation"),
+                Coding::new(INTERACTION, code, code),
+                self.interaction.action(),
+            )
+        };
+        let mut agent = vec![AgentJson {
+            ty: Concept::of(DCM, "110153", "Source Role ID"),
+            who: match &self.client {
+                Client::Unauthenticated => Who::Display("unauthenticated"),
+                Client::Anonymous => Who::Display("anonymous (authorization disabled)"),
+                Client::Id(id) => Who::Identifier(Identifier {
+                    system: "urn:cairn:client-id",
+                    value: id,
+                }),
+            },
+            requestor: true,
+            network: self
+                .address
+                .as_deref()
+                .map(|address| Network { address, ty: "2" }),
+        }];
+        if let Some(user) = &self.fhir_user {
+            agent.push(AgentJson {
+                ty: Concept::of(PARTICIPATION, "IRCP", "information recipient"),
+                who: Who::Reference(user),
+                requestor: true,
+                network: None,
+            });
         }
-        if self.login {
-            ev["type"] = json!({"system": DCM, "code": "110114", "display": "User Authentication"});
-            ev["subtype"] = json!([{"system": DCM, "code": "110122", "display": "Login"}]);
-            ev["action"] = json!("E");
+        if let Some(p) = &self.patient {
+            agent.push(AgentJson {
+                ty: Concept::of(ROLE_CLASS, "PAT", "patient"),
+                who: Who::Reference(p),
+                requestor: false,
+                network: None,
+            });
         }
-        ev["agent"] = json!(self.agents);
-        ev["source"] = self.source.clone();
-        if !entities.is_empty() {
-            ev["entity"] = json!(entities);
+        let event = EventJson {
+            resource_type: "AuditEvent",
+            id: &id,
+            meta: Meta {
+                version_id: "1",
+                last_updated: &instant,
+            },
+            ty,
+            subtype: [subtype],
+            action,
+            recorded: &instant,
+            outcome,
+            outcome_desc,
+            agent,
+            source: Source {
+                site: &self.base_url,
+                observer: Observer {
+                    display: "Cairn FHIR server",
+                    identifier: Identifier {
+                        system: "urn:ietf:rfc:3986",
+                        value: &self.base_url,
+                    },
+                },
+                ty: [Coding::new(SOURCE_TYPE, "4", "Application Server")],
+            },
+            entity: &entities,
+        };
+        // Serializing these types cannot fail: every map key is a string.
+        let content = serde_json::to_string(&event).unwrap_or_default();
+        Logged::new(id, recorded, content)
+    }
+}
+
+/// An entity of an AuditEvent: what the interaction touched, whom it concerned, what it asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entity {
+    /// A resource (`Type/id` or `Type/id/_history/v`).
+    Resource(String),
+    /// A patient, as a reference (`Patient/id`).
+    Patient(String),
+    /// A search's query, base64-encoded.
+    Query(String),
+}
+
+impl Entity {
+    fn reference(&self) -> Option<&String> {
+        match self {
+            Entity::Resource(r) | Entity::Patient(r) => Some(r),
+            Entity::Query(_) => None,
         }
-        ev
+    }
+}
+
+impl Serialize for Entity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (what, ty, role, query) = match self {
+            Entity::Resource(r) => (
+                Some(r),
+                ("2", "System Object"),
+                ("4", "Domain Resource"),
+                None,
+            ),
+            Entity::Patient(r) => (Some(r), ("1", "Person"), ("1", "Patient"), None),
+            Entity::Query(q) => (None, ("2", "System Object"), ("24", "Query"), Some(q)),
+        };
+        EntityJson {
+            what: what.map(|reference| Reference { reference }),
+            ty: Coding::new(ENTITY_TYPE, ty.0, ty.1),
+            role: Coding::new(OBJECT_ROLE, role.0, role.1),
+            query: query.map(String::as_str),
+        }
+        .serialize(s)
     }
 }
 
 /// A resource the interaction touched (`Type/id` or `Type/id/_history/v`).
-pub fn resource_entity(reference: &str) -> Value {
-    json!({
-        "what": {"reference": reference},
-        "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-        "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
-    })
+pub fn resource_entity(reference: &str) -> Entity {
+    Entity::Resource(reference.to_string())
 }
 
 /// The patient the interaction concerns.
-pub fn patient_entity(id: &str) -> Value {
-    json!({
-        "what": {"reference": format!("Patient/{id}")},
-        "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
-        "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
-    })
+pub fn patient_entity(id: &str) -> Entity {
+    Entity::Patient(format!("Patient/{id}"))
 }
 
 /// A search's query (base64, as BALP and R4 `entity.query` want), e.g. `Patient?family=x`.
-pub fn query_entity(query: &str) -> Value {
-    json!({
-        "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-        "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
-        "query": STANDARD.encode(query),
-    })
+pub fn query_entity(query: &str) -> Entity {
+    Entity::Query(STANDARD.encode(query))
+}
+
+// The AuditEvent's JSON shape, serialized straight from borrowed parts (no JSON tree is built).
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventJson<'a> {
+    resource_type: &'static str,
+    id: &'a str,
+    meta: Meta<'a>,
+    #[serde(rename = "type")]
+    ty: Coding,
+    subtype: [Coding; 1],
+    action: &'static str,
+    recorded: &'a str,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<String>,
+    agent: Vec<AgentJson<'a>>,
+    source: Source<'a>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    entity: &'a [Entity],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta<'a> {
+    version_id: &'static str,
+    last_updated: &'a str,
+}
+
+#[derive(Serialize)]
+struct Coding {
+    system: &'static str,
+    code: &'static str,
+    display: &'static str,
+}
+
+impl Coding {
+    fn new(system: &'static str, code: &'static str, display: &'static str) -> Coding {
+        Coding {
+            system,
+            code,
+            display,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Concept {
+    coding: [Coding; 1],
+}
+
+impl Concept {
+    fn of(system: &'static str, code: &'static str, display: &'static str) -> Concept {
+        Concept {
+            coding: [Coding::new(system, code, display)],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AgentJson<'a> {
+    #[serde(rename = "type")]
+    ty: Concept,
+    who: Who<'a>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<Network<'a>>,
+}
+
+/// A Reference with one of its elements: `{"display": …}`, `{"identifier": …}`, `{"reference": …}`.
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Who<'a> {
+    Display(&'static str),
+    Identifier(Identifier<'a>),
+    Reference(&'a str),
+}
+
+#[derive(Serialize)]
+struct Identifier<'a> {
+    system: &'static str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Network<'a> {
+    address: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    site: &'a str,
+    observer: Observer<'a>,
+    #[serde(rename = "type")]
+    ty: [Coding; 1],
+}
+
+#[derive(Serialize)]
+struct Observer<'a> {
+    display: &'static str,
+    identifier: Identifier<'a>,
+}
+
+#[derive(Serialize)]
+struct EntityJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<Reference<'a>>,
+    #[serde(rename = "type")]
+    ty: Coding,
+    role: Coding,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Reference<'a> {
+    reference: &'a str,
 }
 
 #[cfg(test)]
@@ -339,16 +526,52 @@ mod tests {
             Some("10.0.0.1"),
             "http://x/fhir",
         );
-        let ev = seed.event(200, vec![resource_entity("Observation/o/_history/2")]);
+        let parse = |l: Logged| serde_json::from_str::<serde_json::Value>(&l.content).unwrap();
+        let ev = parse(seed.event(200, vec![resource_entity("Observation/o/_history/2")]));
         assert_eq!(ev["action"], "R");
         assert_eq!(ev["outcome"], "0");
+        assert_eq!(ev["subtype"][0]["code"], "read");
         assert_eq!(ev["agent"][0]["who"]["identifier"]["value"], "app");
         assert_eq!(ev["agent"][0]["network"]["address"], "10.0.0.1");
         assert_eq!(ev["agent"][1]["who"]["reference"], "Practitioner/dr");
+        assert_eq!(ev["agent"][2]["who"]["reference"], "Patient/p1");
+        assert_eq!(
+            ev["entity"][0]["what"]["reference"],
+            "Observation/o/_history/2"
+        );
+        assert_eq!(ev["entity"][0]["role"]["code"], "4");
         assert_eq!(ev["entity"][1]["what"]["reference"], "Patient/p1");
-        let denied = seed.event(403, vec![]);
+        assert_eq!(ev["entity"][1]["role"]["code"], "1");
+        assert_eq!(
+            ev["source"]["observer"]["identifier"]["value"],
+            "http://x/fhir"
+        );
+        assert_eq!(ev["recorded"], ev["meta"]["lastUpdated"]);
+        // The patient in context is named once, however the handler named it.
+        let named = parse(seed.event(200, vec![patient_entity("p1")]));
+        assert_eq!(named["entity"].as_array().unwrap().len(), 1);
+        let denied = parse(seed.event(403, vec![]));
         assert_eq!(denied["outcome"], "4");
-        crate::fhir::validate_resource(&ev).unwrap();
-        crate::fhir::validate_resource(&denied).unwrap();
+        assert_eq!(denied["outcomeDesc"], "HTTP 403");
+        let search = AuditSeed::new(Interaction::SearchType, None, None, "http://x/fhir");
+        let searched = parse(search.event(500, vec![query_entity("Patient?family=x")]));
+        assert_eq!(searched["action"], "E");
+        assert_eq!(searched["outcome"], "8");
+        assert_eq!(searched["agent"][0]["who"]["display"], "unauthenticated");
+        assert_eq!(
+            searched["entity"][0]["query"],
+            STANDARD.encode("Patient?family=x")
+        );
+        assert!(searched["entity"][0].get("what").is_none());
+        let login = parse(AuditSeed::login("app", None, "http://x/fhir").event(401, vec![]));
+        assert_eq!(login["type"]["code"], "110114");
+        assert_eq!(login["subtype"][0]["code"], "110122");
+        assert_eq!(login["action"], "E");
+        assert!(login.get("entity").is_none());
+        for e in [&ev, &named, &denied, &searched, &login] {
+            assert_eq!(e["resourceType"], "AuditEvent");
+            assert_eq!(e["meta"]["versionId"], "1");
+            crate::fhir::validate_resource(e).unwrap();
+        }
     }
 }

@@ -25,11 +25,13 @@ use crate::store::audit::PendingChunk;
 use crate::store::{DbConn, Store};
 
 pub use chain::{export, verify, Verdict};
-pub use event::{infer, patient_entity, query_entity, resource_entity, AuditSeed, Interaction};
+pub use event::{
+    infer, patient_entity, query_entity, resource_entity, AuditSeed, Entity, Interaction,
+};
 
 /// The entities of a search: its query (relative to the base, e.g. `Patient?family=x`) and the
 /// patients it names (`patient=`, `subject=Patient/…`, a Patient `_id`, a compartment).
-pub fn search_entities(query: &str, params: &[(String, String)], ty: Option<&str>) -> Vec<Value> {
+pub fn search_entities(query: &str, params: &[(String, String)], ty: Option<&str>) -> Vec<Entity> {
     let mut patients: Vec<String> = Vec::new();
     let mut add = |p: &str| {
         if crate::fhir::valid_id(p) && !patients.iter().any(|x| x == p) {
@@ -64,7 +66,7 @@ pub fn search_entities(query: &str, params: &[(String, String)], ty: Option<&str
 
 /// The entities of a written (or read) version: the resource with its version, and the patients
 /// whose compartment holds it.
-pub fn written_entities(s: &crate::rest::Stored, base_url: &str) -> Vec<Value> {
+pub fn written_entities(s: &crate::rest::Stored, base_url: &str) -> Vec<Entity> {
     let mut out = vec![resource_entity(&format!(
         "{}/{}/_history/{}",
         s.resource_type, s.id, s.version
@@ -86,43 +88,26 @@ pub fn written_entities(s: &crate::rest::Stored, base_url: &str) -> Vec<Value> {
 /// Events handed to the committer at most per batch.
 const MAX_BATCH: usize = 512;
 
-/// An AuditEvent ready for the log: its id, when it was recorded (µs), and its content as stored
-/// (with `id` and `meta` stamped).
+/// An AuditEvent ready for the log: its id, when it was recorded (µs), its content as stored
+/// (with `id` and `meta` stamped) and that content's hash (`AuditSeed::event` makes them).
 #[derive(Debug, Clone)]
 pub struct Logged {
     pub id: String,
     pub recorded: i64,
     pub content: String,
+    /// SHA-256 of `content` (hex): worked out on the request's thread, not the committer's.
+    pub hash: String,
 }
 
 impl Logged {
-    pub fn new(event: Value) -> FhirResult<Logged> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let recorded = crate::rest::now_micros();
-        let content = match event {
-            // An event as `AuditSeed::event` makes it (`resourceType` first, no id or meta yet):
-            // `rest::stamp`'s result, without rebuilding the object around them.
-            Value::Object(mut obj)
-                if obj.keys().next().map(String::as_str) == Some("resourceType")
-                    && !obj.contains_key("id")
-                    && !obj.contains_key("meta") =>
-            {
-                obj.shift_insert(1, "id".into(), Value::String(id.clone()));
-                let meta = serde_json::json!({
-                    "versionId": "1",
-                    "lastUpdated": crate::fhir::format_instant(recorded),
-                });
-                obj.shift_insert(2, "meta".into(), meta);
-                serde_json::to_string(&Value::Object(obj))
-                    .map_err(|e| FhirError::Internal(format!("AuditEvent: {e}")))?
-            }
-            other => crate::rest::stamp(other, &id, 1, recorded)?,
-        };
-        Ok(Logged {
+    fn new(id: String, recorded: i64, content: String) -> Logged {
+        let hash = chain::event_hash(&content);
+        Logged {
             id,
             recorded,
             content,
-        })
+            hash,
+        }
     }
 }
 
@@ -223,13 +208,12 @@ impl Auditor {
     }
 
     /// Stores one AuditEvent durably (with others queued at the same time); returns once it is.
-    pub async fn record(&self, event: Value) -> FhirResult<()> {
-        // Stamping and hashing inputs are made here, on the request's own thread, in parallel;
-        // the committer only links and inserts.
-        let prepared = Logged::new(event)?;
+    /// The event was serialized and hashed on the request's own thread; the committer only links
+    /// and inserts.
+    pub async fn record(&self, event: Logged) -> FhirResult<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue
-            .send((prepared, tx))
+            .send((event, tx))
             .map_err(|_| FhirError::Unavailable("the audit log is shut down".into()))?;
         let stored = match self.deadline {
             None => rx.await,
@@ -278,15 +262,11 @@ fn commit(store: &Store, events: Vec<Logged>) -> Vec<bool> {
 }
 
 /// Appends AuditEvents to the log inside the caller's transaction.
-pub fn record_in(conn: &mut DbConn, events: Vec<Value>) -> FhirResult<()> {
+pub fn record_in(conn: &mut DbConn, events: Vec<Logged>) -> FhirResult<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let logged = events
-        .into_iter()
-        .map(Logged::new)
-        .collect::<FhirResult<Vec<_>>>()?;
-    append(conn, logged)
+    append(conn, events)
 }
 
 /// Links AuditEvents into the chain, in the caller's transaction. The chain is locked last, so
@@ -358,13 +338,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_logged_event_is_stamped_as_any_resource_is() {
+    fn a_logged_event_is_stamped_and_hashed() {
         let seed = AuditSeed::new(Interaction::Read, None, Some("10.0.0.1"), "http://x/fhir");
-        let ev = seed.event(200, vec![resource_entity("Patient/p/_history/1")]);
-        let logged = Logged::new(ev.clone()).unwrap();
-        let stamped = crate::rest::stamp(ev, &logged.id, 1, logged.recorded).unwrap();
-        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        assert_eq!(parse(&logged.content), parse(&stamped));
+        let logged = seed.event(200, vec![resource_entity("Patient/p/_history/1")]);
+        let ev: Value = serde_json::from_str(&logged.content).unwrap();
+        assert_eq!(ev["id"], logged.id.as_str());
+        assert_eq!(
+            ev["meta"]["lastUpdated"],
+            crate::fhir::format_instant(logged.recorded).as_str()
+        );
+        assert_eq!(logged.hash, chain::event_hash(&logged.content));
         assert!(logged
             .content
             .starts_with(r#"{"resourceType":"AuditEvent","id":"#));

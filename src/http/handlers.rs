@@ -279,7 +279,7 @@ pub async fn careplan_everything(
 }
 
 /// Tells the audit middleware what a handler touched.
-fn note(req: &HttpRequest, st: &AppState, entities: impl FnOnce() -> Vec<Value>) {
+fn note(req: &HttpRequest, st: &AppState, entities: impl FnOnce() -> Vec<crate::audit::Entity>) {
     if st.auditor.is_some() {
         req.extensions_mut().insert(AuditNote {
             entities: entities(),

@@ -116,7 +116,7 @@ fn observe(req: &actix_web::HttpRequest, status: u16, elapsed: std::time::Durati
 /// that its AuditEvent is already stored (writes record theirs in their own transaction).
 #[derive(Debug, Clone, Default)]
 pub struct AuditNote {
-    pub entities: Vec<serde_json::Value>,
+    pub entities: Vec<audit::Entity>,
     pub recorded: bool,
     /// The interaction, when the method and path alone do not tell (a batch is POSTed where a
     /// transaction is).
@@ -156,11 +156,12 @@ async fn record_audit(
     // from the response's request afterwards. (Inner layers answer errors as responses.)
     let addr = req.peer_addr().map(|a| a.ip().to_string());
     let res = next.call(req).await?.map_into_boxed_body();
-    let note = res.request().extensions().get::<AuditNote>().cloned();
+    // Nothing after this layer reads the note or the caller: taken, not cloned.
+    let note = res.request().extensions_mut().remove::<AuditNote>();
     if note.as_ref().is_some_and(|n| n.recorded) {
         return Ok(res);
     }
-    let access = res.request().extensions().get::<Access>().cloned();
+    let access = res.request().extensions_mut().remove::<Access>();
     let (inferred, target) = audit::infer(res.request().method().as_str(), res.request().path());
     let interaction = note
         .as_ref()

@@ -192,7 +192,7 @@ fn audit_write(
 }
 
 /// The entities of a write: the version written, its patients, and what the server derived from it.
-fn entities_of(stored: &Stored, derived: &[Stored], base: &str) -> Vec<Value> {
+fn entities_of(stored: &Stored, derived: &[Stored], base: &str) -> Vec<crate::audit::Entity> {
     let mut out = crate::audit::written_entities(stored, base);
     out.extend(derived.iter().map(|d| {
         crate::audit::resource_entity(&format!(

@@ -134,7 +134,7 @@ impl Cx<'_> {
         conn: &mut DbConn,
         interaction: Interaction,
         status: u16,
-        entities: Vec<Value>,
+        entities: Vec<crate::audit::Entity>,
     ) -> FhirResult<()> {
         match self.seed_for(interaction) {
             Some(seed) => crate::audit::record_in(conn, vec![seed.event(status, entities)]),
