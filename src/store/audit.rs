@@ -50,35 +50,24 @@ pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
     )
 }
 
-/// Inserts links in multi-row statements (on PostgreSQL, one statement of arrays).
+/// Inserts links: on SQLite one row per statement, a statement prepared once per connection (a
+/// multi-row VALUES list is parsed anew for every batch size); on PostgreSQL one statement of
+/// arrays.
 pub fn insert_many(conn: &mut DbConn, links: &[Link]) -> FhirResult<()> {
     if let DbConn::Postgres(pg) = conn {
         return insert_unnest(pg, links);
     }
-    for chunk in links.chunks(200) {
-        let mut q = Sql::new(
-            "INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash, recorded, content) \
-             VALUES ",
-        );
-        for (i, l) in chunk.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
-            q.push("(")
-                .int(l.seq)
-                .push(", ")
-                .text(&l.event_id)
-                .push(", ");
-            q.text(&l.event_hash)
-                .push(", ")
-                .text(&l.chain_hash)
-                .push(", ")
-                .int(l.recorded)
-                .push(", ")
-                .text(&l.content)
-                .push(")");
-        }
-        q.execute(conn)?;
+    for l in links {
+        diesel::insert_into(audit_chain::table)
+            .values((
+                audit_chain::seq.eq(l.seq),
+                audit_chain::event_id.eq(&l.event_id),
+                audit_chain::event_hash.eq(&l.event_hash),
+                audit_chain::chain_hash.eq(&l.chain_hash),
+                audit_chain::recorded.eq(l.recorded),
+                audit_chain::content.eq(&l.content),
+            ))
+            .execute(conn)?;
     }
     Ok(())
 }
