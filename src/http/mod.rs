@@ -56,14 +56,14 @@ impl RateLimits {
     }
 
     /// Takes one request from `key`'s bucket.
-    fn check(&self, key: &str) -> Result<(), governor::NotUntil<governor::clock::QuantaInstant>> {
+    fn check(&self, key: String) -> Result<(), governor::NotUntil<governor::clock::QuantaInstant>> {
         let n = self
             .checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if n % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.prune();
         }
-        self.limiter.check_key(&key.to_string())
+        self.limiter.check_key(&key)
     }
 
     /// Drops the buckets that are indistinguishable from new ones.
@@ -75,7 +75,7 @@ impl RateLimits {
 
 impl AppState {
     /// Takes one request from `key`'s bucket; 429 when it is empty.
-    fn rate_limit(&self, key: &str) -> Result<(), FhirError> {
+    fn rate_limit(&self, key: String) -> Result<(), FhirError> {
         use governor::clock::Clock;
         let Some(limiter) = &self.rate_limiter else {
             return Ok(());
@@ -369,7 +369,7 @@ async fn authenticate(
                 return Ok(req.into_response(FhirError::from(e).error_response()));
             }
         };
-        if let Err(e) = st.rate_limit(&format!("client:{}", access.who())) {
+        if let Err(e) = st.rate_limit(format!("client:{}", access.who())) {
             return Ok(req.into_response(e.error_response()));
         }
         // Who is calling, on the request's span (and so on every log line of it).
@@ -390,7 +390,7 @@ async fn authenticate(
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default()
         );
-        if let Err(e) = st.rate_limit(&key) {
+        if let Err(e) = st.rate_limit(key) {
             return Ok(req.into_response(e.error_response()));
         }
     }
@@ -576,15 +576,15 @@ mod tests {
     fn full_buckets_are_pruned() {
         let limits = RateLimits::new(NonZeroU32::new(1000).unwrap(), NonZeroU32::new(1).unwrap());
         for i in 0..100 {
-            assert!(limits.check(&format!("10.0.0.{i}")).is_ok());
+            assert!(limits.check(format!("10.0.0.{i}")).is_ok());
         }
         // A second request at once finds its one-request bucket empty.
-        assert!(limits.check("10.0.0.1").is_err());
+        assert!(limits.check("10.0.0.1".into()).is_err());
         assert_eq!(limits.limiter.len(), 100);
         // Refilled after a millisecond; then a pruning forgets them all.
         std::thread::sleep(std::time::Duration::from_millis(50));
         limits.prune();
         assert_eq!(limits.limiter.len(), 0);
-        assert!(limits.check("10.0.0.1").is_ok());
+        assert!(limits.check("10.0.0.1".into()).is_ok());
     }
 }

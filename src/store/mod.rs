@@ -144,8 +144,9 @@ pub fn keep_tls_at_exit() {
 
 /// Read-held while a thread of our own (the audit committer's idle work, the cache listener)
 /// uses the database in the background; true once the process is exiting. The exit waits for the
-/// work under way and stops it, so that no database client library is torn down (libpq's TLS
-/// cleanup runs at exit) under a running query: that crashed a test process as it exited.
+/// work under way and stops it, so that no background query runs while the process tears down.
+/// (The crash at exit that this was first written for turned out to be OpenSSL's own exit
+/// handler: `keep_tls_at_exit`.)
 static EXITING: std::sync::RwLock<bool> = std::sync::RwLock::new(false);
 
 extern "C" fn stop_background_work() {
@@ -203,10 +204,7 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSetup {
             // lock), whatever the database's default isolation: set once per connection rather
             // than per transaction, a round trip less for every write.
             DbConn::Postgres(c) => c.batch_execute(&match self.statement_timeout {
-                Some(t) => format!(
-                    "{PG_ISOLATION} SET statement_timeout = {};",
-                    t.as_millis()
-                ),
+                Some(t) => format!("{PG_ISOLATION} SET statement_timeout = {};", t.as_millis()),
                 None => PG_ISOLATION.to_string(),
             }),
         }
