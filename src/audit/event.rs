@@ -136,7 +136,7 @@ pub fn infer(method: &str, path: &str) -> (Interaction, Option<String>) {
 #[derive(Debug, Clone)]
 pub struct AuditSeed {
     pub interaction: Interaction,
-    /// The client, as the token names it (None: no valid token; `anonymous`: authorization off).
+    /// The client: as the token names it, or none (no valid token, or authorization off).
     client: Client,
     address: Option<String>,
     fhir_user: Option<String>,
