@@ -190,7 +190,8 @@ where
 const PG_ISOLATION: &str =
     "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED;";
 
-/// Session settings of every new connection: SQLite's pragmas; PostgreSQL's statement timeout.
+/// Session settings of every new connection: SQLite's pragmas; PostgreSQL's isolation level and
+/// statement timeout.
 #[derive(Debug)]
 struct SessionSetup {
     statement_timeout: Option<Duration>,
