@@ -522,16 +522,23 @@ impl Engine {
         self.store
             .read(move |conn| {
                 let found = store::version(conn, &t, &i, v)?;
+                let mut patients = None;
                 if let (Some(ticket), Some(row), Some(cache)) = (ticket, &found, store.cache()) {
                     if cache.admits(row) {
-                        // What the audit record of a read names, worked out once.
-                        let patients = serde_json::from_str::<Value>(&row.content)
-                            .map(|r| crate::search::patients_in(&r, &base))
-                            .unwrap_or_default();
-                        cache.remember(ticket, row, patients);
+                        // What the audit record of a read names, worked out once: for the cache
+                        // and for this read's own record.
+                        let known: std::sync::Arc<[String]> =
+                            serde_json::from_str::<Value>(&row.content)
+                                .map(|r| crate::search::patients_in(&r, &base))
+                                .unwrap_or_default()
+                                .into();
+                        cache.remember(ticket, row, known.clone());
+                        patients = Some(known);
                     }
                 }
-                read_version(conn, &rule, &base, &t, &i, v, found)
+                let mut stored = read_version(conn, &rule, &base, &t, &i, v, found)?;
+                stored.patients = patients;
+                Ok(stored)
             })
             .await
     }

@@ -115,14 +115,14 @@ impl ReadCache {
     /// Caches `row`, the current version read since `ticket` was taken, unless a write ended
     /// meanwhile. The check comes after the insert: a write ending before it is seen here, one
     /// ending after it removes the entry itself.
-    pub fn remember(&self, ticket: Ticket, row: &VersionRow, patients: Vec<String>) {
+    pub fn remember(&self, ticket: Ticket, row: &VersionRow, patients: Arc<[String]>) {
         if !self.admits(row) {
             return;
         }
         let key = (row.res_type.clone(), row.res_id.clone());
         let cached = Cached {
             row: row.clone(),
-            patients: patients.into(),
+            patients,
         };
         self.entries.insert(key, Arc::new(cached));
         if self.generation.load(SeqCst) != ticket.0 || !self.live.load(SeqCst) {
@@ -345,10 +345,10 @@ mod tests {
         let c = ReadCache::new(1 << 20, true);
         let t = c.ticket();
         c.forget([("Patient", "a")]);
-        c.remember(t, &row("Patient", "a", 1), vec![]);
+        c.remember(t, &row("Patient", "a", 1), Arc::from([]));
         assert!(c.get("Patient", "a").is_none());
         let t = c.ticket();
-        c.remember(t, &row("Patient", "a", 2), vec!["a".into()]);
+        c.remember(t, &row("Patient", "a", 2), Arc::from(["a".to_string()]));
         let hit = c.get("Patient", "a").unwrap();
         assert_eq!(
             (hit.row.version, &hit.patients[..]),
@@ -361,15 +361,15 @@ mod tests {
     #[test]
     fn audit_events_deletions_and_a_cache_off_line_are_not_cached() {
         let c = ReadCache::new(1 << 20, true);
-        c.remember(c.ticket(), &row("AuditEvent", "a", 1), vec![]);
+        c.remember(c.ticket(), &row("AuditEvent", "a", 1), Arc::from([]));
         let mut gone = row("Patient", "b", 2);
         gone.deleted = 1;
-        c.remember(c.ticket(), &gone, vec![]);
+        c.remember(c.ticket(), &gone, Arc::from([]));
         assert!(c.is_empty());
-        c.remember(c.ticket(), &row("Patient", "c", 1), vec![]);
+        c.remember(c.ticket(), &row("Patient", "c", 1), Arc::from([]));
         c.set_live(false);
         assert!(c.get("Patient", "c").is_none());
-        c.remember(c.ticket(), &row("Patient", "c", 1), vec![]);
+        c.remember(c.ticket(), &row("Patient", "c", 1), Arc::from([]));
         c.set_live(true);
         assert!(c.get("Patient", "c").is_none());
     }
