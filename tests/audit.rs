@@ -52,7 +52,7 @@ impl TestApp {
         }
     }
 
-    /// Takes the append-only triggers off these tables (`audit_chain`, `resource_history`,
+    /// Takes the append-only triggers off these tables (`audit_block`, `resource_history`,
     /// `resources`), as an attacker with DDL rights could.
     fn unlock(&self, tables: &[&str]) {
         let statements: Vec<String> = tables
@@ -60,7 +60,7 @@ impl TestApp {
             .map(|t| match self.backend {
                 common::Backend::Sqlite => {
                     let prefix = match *t {
-                        "audit_chain" => "audit_chain",
+                        "audit_block" => "audit_block",
                         "resource_history" => "audit_history",
                         "resources" => "audit_resources",
                         other => panic!("no append-only triggers on {other}"),
@@ -88,6 +88,55 @@ impl TestApp {
         }
         .unwrap();
         rows[0].n
+    }
+
+    /// The events of the log's block ending at `seq`, as stored.
+    fn block_events(&self, seq: i64) -> Vec<String> {
+        use diesel::{sql_types::Binary, Connection, QueryableByName, RunQueryDsl};
+        #[derive(QueryableByName)]
+        struct B {
+            #[diesel(sql_type = Binary)]
+            body: Vec<u8>,
+        }
+        let q = diesel::sql_query(format!("SELECT body FROM audit_block WHERE seq = {seq}"));
+        let rows: Vec<B> = match self.db_url.strip_prefix("sqlite://") {
+            Some(path) => q.load(&mut diesel::SqliteConnection::establish(path).unwrap()),
+            None => q.load(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
+        }
+        .unwrap();
+        cairn::audit::block::unpack(&rows[0].body).unwrap()
+    }
+
+    /// Rewrites the block ending at `seq` to hold these events (the triggers must be off).
+    fn rewrite_block(&self, seq: i64, events: &[String]) {
+        use diesel::{sql_types::Binary, Connection, RunQueryDsl};
+        let body = cairn::audit::block::pack(events.iter().map(String::as_str));
+        let text = format!("UPDATE audit_block SET body = $1 WHERE seq = {seq}");
+        let n = match self.db_url.strip_prefix("sqlite://") {
+            Some(path) => diesel::sql_query(text.replace("$1", "?"))
+                .bind::<Binary, _>(body)
+                .execute(&mut diesel::SqliteConnection::establish(path).unwrap()),
+            None => diesel::sql_query(text)
+                .bind::<Binary, _>(body)
+                .execute(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
+        }
+        .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    /// The id of the AuditEvent at chain position `seq` (of a block of one: a write's).
+    fn event_at(&self, seq: i64) -> String {
+        let events = self.block_events(seq);
+        assert_eq!(events.len(), 1);
+        serde_json::from_str::<Value>(&events[0]).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// How many events the log holds.
+    fn logged(&self) -> i64 {
+        self.count("SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) AS n FROM audit_block")
     }
 
     fn verify(&self) -> (bool, String) {
@@ -302,11 +351,15 @@ fn audit_events_are_read_only_and_need_an_audit_scope(app: &TestApp) {
         .unwrap_err();
     assert!(err.contains("append-only"), "{err}");
     assert!(app
-        .sql("DELETE FROM audit_chain")
+        .sql("DELETE FROM audit_block")
+        .unwrap_err()
+        .contains("append-only"));
+    assert!(app
+        .sql("UPDATE audit_block SET recorded = 0")
         .unwrap_err()
         .contains("append-only"));
     if app.backend == common::Backend::Postgres {
-        for t in ["resource_history", "resources", "audit_chain"] {
+        for t in ["resource_history", "resources", "audit_block"] {
             let err = app.sql(&format!("TRUNCATE {t} CASCADE")).unwrap_err();
             assert!(err.contains("append-only"), "{t}: {err}");
         }
@@ -395,13 +448,13 @@ fn a_failed_write_leaves_neither_resource_nor_record(app: &TestApp) {
     // Break the audit store: every insert into the chain fails.
     let (arm, disarm) = match app.backend {
         common::Backend::Sqlite => (
-            "CREATE TRIGGER boom BEFORE INSERT ON audit_chain BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+            "CREATE TRIGGER boom BEFORE INSERT ON audit_block BEGIN SELECT RAISE(ABORT, 'boom'); END;",
             "DROP TRIGGER boom;",
         ),
         common::Backend::Postgres => (
             "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'boom'; END $$ LANGUAGE plpgsql; \
-             CREATE TRIGGER boom BEFORE INSERT ON audit_chain FOR EACH ROW EXECUTE FUNCTION boom();",
-            "DROP TRIGGER boom ON audit_chain; DROP FUNCTION boom();",
+             CREATE TRIGGER boom BEFORE INSERT ON audit_block FOR EACH ROW EXECUTE FUNCTION boom();",
+            "DROP TRIGGER boom ON audit_block; DROP FUNCTION boom();",
         ),
     };
     let p = app.create(&json!({"resourceType": "Patient"}));
@@ -448,7 +501,7 @@ fn tampering_is_detected(app: &TestApp) {
     // The server's own first records: loading the built-in instruments.
     let n = 5 + cairn::care::instruments::embedded().len();
     assert!(text.contains(&format!("intact: {n} records")), "{text}");
-    app.unlock(&["resource_history", "audit_chain", "resources"]);
+    app.unlock(&["resource_history", "audit_block", "resources"]);
     let event_of = |seq: i64| -> String {
         // The AuditEvent id of chain link `seq`, through the API.
         let all = app.all_entries("AuditEvent?_sort=date&_count=100");
@@ -472,20 +525,66 @@ fn tampering_is_detected(app: &TestApp) {
     );
 }
 
-/// The log holds each event itself; an edit there is found as surely as one in the resource row.
+/// The log holds each event itself; an edit there is found as surely as one in the resource row,
+/// in a block of one event (a write's) and in a group-committed block of many (reads').
 fn a_modified_log_entry_is_detected(app: &TestApp) {
     for _ in 0..3 {
         app.create(&json!({"resourceType": "Patient"}));
     }
-    app.unlock(&["audit_chain"]);
-    app.sql(
-        "UPDATE audit_chain SET content = replace(content, '\"outcome\":\"0\"', '\"outcome\":\"4\"') \
-         WHERE seq = 4",
-    )
-    .unwrap();
+    app.unlock(&["audit_block"]);
+    let edit = |e: &String| e.replace("\"outcome\":\"0\"", "\"outcome\":\"4\"");
+    let events = app.block_events(4);
+    app.rewrite_block(4, &events.iter().map(edit).collect::<Vec<_>>());
     let (ok, text) = app.verify();
     assert!(
         !ok && text.contains("record 4") && text.contains("modified"),
+        "{text}"
+    );
+    app.rewrite_block(4, &events);
+    let (ok, text) = app.verify();
+    assert!(ok, "{text}");
+    // Many reads at once: the committer logs them in blocks of several events.
+    let p = app.create(&json!({"resourceType": "Patient"}));
+    let path = format!("Patient/{}", p["id"].as_str().unwrap());
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    assert_eq!(app.get(&path).status, 200);
+                }
+            });
+        }
+    });
+    let (seq, n) = {
+        use diesel::{sql_types::BigInt, Connection, QueryableByName, RunQueryDsl};
+        #[derive(QueryableByName)]
+        struct B {
+            #[diesel(sql_type = BigInt)]
+            seq: i64,
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let q = diesel::sql_query(
+            "SELECT seq, CAST(events AS BIGINT) AS n FROM audit_block ORDER BY events DESC, seq LIMIT 1",
+        );
+        let rows: Vec<B> = match app.db_url.strip_prefix("sqlite://") {
+            Some(path) => q.load(&mut diesel::SqliteConnection::establish(path).unwrap()),
+            None => q.load(&mut diesel::PgConnection::establish(&app.db_url).unwrap()),
+        }
+        .unwrap();
+        (rows[0].seq, rows[0].n)
+    };
+    assert!(n > 1, "160 concurrent reads were logged one block each");
+    let (ok, text) = app.verify();
+    assert!(ok, "{text}");
+    // The second event of that block edited: verify names it.
+    let mut events = app.block_events(seq);
+    events[1] = edit(&events[1]);
+    app.rewrite_block(seq, &events);
+    let (ok, text) = app.verify();
+    let second = seq - n + 2;
+    assert!(
+        !ok && text.contains(&format!("record {second}:")) && text.contains("modified"),
         "{text}"
     );
 }
@@ -498,10 +597,10 @@ fn a_deleted_resource_row_is_detected(app: &TestApp) {
     // A search writes the resource rows of everything logged so far.
     app.all_entries("AuditEvent?_count=100");
     app.unlock(&["resource_history"]);
-    app.sql(
-        "DELETE FROM resource_history WHERE res_type = 'AuditEvent' AND res_id = \
-         (SELECT event_id FROM audit_chain WHERE seq = 3)",
-    )
+    app.sql(&format!(
+        "DELETE FROM resource_history WHERE res_type = 'AuditEvent' AND res_id = '{}'",
+        app.event_at(3)
+    ))
     .unwrap();
     let (ok, text) = app.verify();
     assert!(
@@ -518,7 +617,7 @@ fn resource_rows_follow_the_log(app: &TestApp) {
     for _ in 0..20 {
         assert_eq!(app.get(&path).status, 200);
     }
-    let logged = || app.count("SELECT COUNT(*) AS n FROM audit_chain");
+    let logged = || app.logged();
     let rows =
         || app.count("SELECT COUNT(*) AS n FROM resource_history WHERE res_type = 'AuditEvent'");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -531,16 +630,12 @@ fn resource_rows_follow_the_log(app: &TestApp) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        app.count(
-            "SELECT COUNT(*) AS n FROM audit_chain c JOIN resource_history h \
-             ON h.res_type = 'AuditEvent' AND h.res_id = c.event_id WHERE h.content = c.content"
-        ),
-        logged()
-    );
+    // Every row is its logged event (verify compares each with the hash in the log).
+    let (ok, text) = app.verify();
+    assert!(ok, "{text}");
     assert_eq!(
         app.count("SELECT seq AS n FROM audit_materialized"),
-        app.count("SELECT MAX(seq) AS n FROM audit_chain")
+        app.count("SELECT MAX(seq) AS n FROM audit_block")
     );
     // Writes append their records in their own transactions, not through the committer's queue;
     // theirs follow too.
@@ -567,11 +662,14 @@ fn a_deleted_record_is_detected(app: &TestApp) {
     for _ in 0..4 {
         app.create(&json!({"resourceType": "Patient"}));
     }
-    app.unlock(&["audit_chain", "resource_history"]);
-    // The record and its link both removed: the chain jumps.
-    app.sql("DELETE FROM resource_history WHERE res_type = 'AuditEvent' AND res_id = \
-             (SELECT event_id FROM audit_chain WHERE seq = 2); DELETE FROM audit_chain WHERE seq = 2;")
-        .unwrap();
+    app.unlock(&["audit_block", "resource_history"]);
+    // The record and its block both removed: the chain jumps.
+    app.sql(&format!(
+        "DELETE FROM resource_history WHERE res_type = 'AuditEvent' AND res_id = '{}'; \
+         DELETE FROM audit_block WHERE seq = 2;",
+        app.event_at(2)
+    ))
+    .unwrap();
     let (ok, text) = app.verify();
     assert!(
         !ok && text.contains("record 2") && text.contains("missing"),
@@ -583,10 +681,10 @@ fn swapped_records_are_detected(app: &TestApp) {
     for _ in 0..4 {
         app.create(&json!({"resourceType": "Patient"}));
     }
-    app.unlock(&["audit_chain"]);
-    // Records 2 and 3 trade places (their links swap positions).
-    app.sql("UPDATE audit_chain SET seq = -2 WHERE seq = 2; UPDATE audit_chain SET seq = 2 WHERE seq = 3; \
-             UPDATE audit_chain SET seq = 3 WHERE seq = -2;")
+    app.unlock(&["audit_block"]);
+    // Records 2 and 3 (blocks of one event each: writes') trade places.
+    app.sql("UPDATE audit_block SET seq = -2 WHERE seq = 2; UPDATE audit_block SET seq = 2 WHERE seq = 3; \
+             UPDATE audit_block SET seq = 3 WHERE seq = -2;")
         .unwrap();
     let (ok, text) = app.verify();
     assert!(
@@ -607,9 +705,10 @@ fn an_inserted_record_is_detected(app: &TestApp) {
         !ok && text.contains("forged") && text.contains("not in the chain"),
         "{text}"
     );
-    // A link slipped in below the first one is found too.
+    // A block slipped in below the first one is found too.
     app.sql(
-        "INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash) VALUES (0, 'forged', 'x', 'y')",
+        "INSERT INTO audit_block (seq, events, hashes, chain_hash, recorded, body) \
+         VALUES (0, 1, 'x', 'y', 0, '{}')",
     )
     .unwrap();
     let (ok, text) = app.verify();
@@ -792,4 +891,159 @@ fn crash_loses_no_answered_request_sqlite() {
 #[test]
 fn crash_loses_no_answered_request_postgres() {
     crash_loses_no_answered_request(common::Backend::Postgres);
+}
+
+/// A log kept as one row per event (before migration `2026-12-01-000006_audit_blocks`) is carried
+/// over as blocks of one event each: its chain still verifies and goes on, its events are still
+/// exported, the ones not yet indexed get their resource rows, and one whose event was already
+/// gone is still reported.
+fn upgrade_from_a_log_of_one_row_per_event(backend: common::Backend) {
+    use sha2::{Digest, Sha256};
+    let hex = |s: &str| format!("{:x}", Sha256::digest(s.as_bytes()));
+    let event = |id: &str| {
+        format!(
+            "{{\"resourceType\":\"AuditEvent\",\"id\":\"{id}\",\"meta\":{{\"versionId\":\"1\",\
+             \"lastUpdated\":\"2026-11-01T00:00:00.000000Z\"}},\"type\":{{\"system\":\
+             \"http://terminology.hl7.org/CodeSystem/audit-event-type\",\"code\":\"rest\"}},\
+             \"action\":\"R\",\"recorded\":\"2026-11-01T00:00:00.000000Z\",\"outcome\":\"0\",\
+             \"agent\":[{{\"who\":{{\"display\":\"legacy\"}},\"requestor\":true}}],\
+             \"source\":{{\"observer\":{{\"display\":\"Cairn\"}}}},\
+             \"entity\":[{{\"what\":{{\"reference\":\"Patient/{id}\"}}}}]}}"
+        )
+    };
+    for gone in [false, true] {
+        let Some((url, dir, pg)) = database(backend) else {
+            return;
+        };
+        // The schema as it was: the earlier migrations, from their files, marked as run.
+        let sub = match backend {
+            common::Backend::Sqlite => "sqlite",
+            common::Backend::Postgres => "postgres",
+        };
+        let mut dirs: Vec<std::path::PathBuf> =
+            std::fs::read_dir(format!("{}/migrations/{sub}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_str().unwrap() < "2026-12-01-000006")
+                .collect();
+        dirs.sort();
+        assert_eq!(dirs.len(), 5);
+        let mut sql = String::from(
+            "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, \
+             run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);\n",
+        );
+        for d in &dirs {
+            sql += &std::fs::read_to_string(d.join("up.sql")).unwrap();
+            let name = d.file_name().unwrap().to_str().unwrap().to_string();
+            let version = name.split('_').next().unwrap().replace('-', "");
+            sql += &format!(
+                "\nINSERT INTO __diesel_schema_migrations (version) VALUES ('{version}');\n"
+            );
+        }
+        // Three links: the first from before the log held events (its event is its resource
+        // row), the other two holding theirs, not yet indexed.
+        let ids = ["legacy-1", "legacy-2", "legacy-3"];
+        let mut prev = "0".repeat(64);
+        for (i, id) in ids.iter().enumerate() {
+            let seq = i + 1;
+            let ev = event(id);
+            let eh = hex(&ev);
+            prev = hex(&format!("{prev}|{seq}|{id}|{eh}"));
+            let (recorded, content) = if seq == 1 {
+                ("NULL".to_string(), "NULL".to_string())
+            } else {
+                ("1793491200000000".to_string(), format!("'{ev}'"))
+            };
+            sql += &format!(
+                "INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash, recorded, content) \
+                 VALUES ({seq}, '{id}', '{eh}', '{prev}', {recorded}, {content});\n"
+            );
+        }
+        if !gone {
+            sql += &format!(
+                "INSERT INTO resource_history (res_type, res_id, version, last_updated, method, \
+                 deleted, content) VALUES ('AuditEvent', 'legacy-1', 1, 1793491200000000, 'POST', \
+                 0, '{}');\n",
+                event("legacy-1")
+            );
+        }
+        sql += "UPDATE audit_materialized SET seq = 1;\n";
+        {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            match url.strip_prefix("sqlite://") {
+                Some(path) => diesel::SqliteConnection::establish(path)
+                    .unwrap()
+                    .batch_execute(&sql),
+                None => diesel::PgConnection::establish(&url)
+                    .unwrap()
+                    .batch_execute(&sql),
+            }
+            .unwrap();
+        }
+        // The server migrates on start, then logs on.
+        let server = Server::start(&url, &dir.0);
+        let t = token(&url, &dir.0);
+        assert_eq!(
+            call(&server.base, &t, "GET", "AuditEvent?_id=legacy-3", None).unwrap(),
+            200
+        );
+        let (ok, text) = verify_url(&url);
+        if gone {
+            assert!(
+                !ok && text.contains("record 1:") && text.contains("deleted"),
+                "{text}"
+            );
+        } else {
+            assert!(ok, "{text}");
+            let n = 3 + cairn::care::instruments::embedded().len() as i64;
+            let records: i64 = text
+                .split("intact: ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|r| r.parse().ok())
+                .unwrap();
+            assert!(records > n, "{text}");
+            let out = cairn()
+                .args([
+                    "audit",
+                    "export",
+                    "--since",
+                    "2026-01-01",
+                    "--format",
+                    "ndjson",
+                ])
+                .env("CAIRN_DATABASE_URL", &url)
+                .output()
+                .unwrap();
+            let lines: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .take(3)
+                .map(str::to_string)
+                .collect();
+            assert_eq!(lines, ids.map(event));
+            // The carried-over events not yet indexed were indexed from their blocks.
+            let resp = ureq::get(&format!("{}/AuditEvent?_id=legacy-2,legacy-3", server.base))
+                .set("Authorization", &format!("Bearer {t}"))
+                .call()
+                .unwrap()
+                .into_json::<Value>()
+                .unwrap();
+            let found = resp["entry"].as_array().map_or(0, Vec::len);
+            assert_eq!(found, 2, "{resp}");
+        }
+        drop(server);
+        drop_database(pg);
+    }
+}
+
+#[test]
+fn upgrade_from_a_log_of_one_row_per_event_sqlite() {
+    upgrade_from_a_log_of_one_row_per_event(common::Backend::Sqlite);
+}
+
+#[test]
+fn upgrade_from_a_log_of_one_row_per_event_postgres() {
+    upgrade_from_a_log_of_one_row_per_event(common::Backend::Postgres);
 }

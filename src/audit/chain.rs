@@ -1,16 +1,19 @@
-//! The hash chain over the audit log. Link `n` holds its AuditEvent as stored,
-//! `event_hash = SHA-256(that AuditEvent)`
-//! and `chain_hash = SHA-256(chain_hash(n-1) | n | event id | event_hash)`, so changing, removing,
-//! inserting or reordering any record breaks every later link. Appends hold the chain's lock
-//! (a PostgreSQL advisory lock; SQLite's single writer), so instances sharing a database extend one
-//! chain.
+//! The hash chain over the audit log. Event `n` in chain order has
+//! `event_hash = SHA-256(the AuditEvent as stored)` and
+//! `chain_hash(n) = SHA-256(chain_hash(n-1) | n | event id | event_hash)`, so changing, removing,
+//! inserting or reordering any record breaks every later link. The log keeps events in blocks
+//! (one per commit): a block holds its events, each one's hash, and the chain hash after its last
+//! event. Appends hold the chain's lock (a PostgreSQL advisory lock; SQLite's single writer), so
+//! instances sharing a database extend one chain.
 
+use std::collections::HashSet;
 use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
+use super::block;
 use crate::error::{FhirError, FhirResult};
-use crate::store::audit::{self as table, Head, Link};
+use crate::store::audit::{self as table, Block, Head};
 use crate::store::{DbConn, Store};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -26,36 +29,62 @@ fn chain_hash(prev: &str, seq: i64, event_id: &str, event_hash: &str) -> String 
     )
 }
 
-/// Locks the chain for the caller's transaction; its current head.
-pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
-    table::lock_head(conn)
+/// AuditEvents packed for the log, not yet linked: all the work of an append that needs no lock.
+pub struct Sealed {
+    ids: Vec<String>,
+    hashes: String,
+    recorded: i64,
+    body: Vec<u8>,
 }
 
-/// Appends AuditEvents (`Logged`: id, when recorded, content as stored), in order, after `head`.
-pub fn append_all(
-    conn: &mut DbConn,
-    head: Option<Head>,
-    events: impl Iterator<Item = super::Logged>,
-) -> FhirResult<()> {
+impl Sealed {
+    pub fn new(events: &[super::Logged]) -> Sealed {
+        Sealed {
+            ids: events.iter().map(|e| e.id.clone()).collect(),
+            hashes: events.iter().map(|e| e.hash.as_str()).collect(),
+            recorded: events.iter().map(|e| e.recorded).max().unwrap_or(0),
+            body: block::pack(events.iter().map(|e| e.content.as_str())),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Appends the sealed events to the chain, as one block. On SQLite the caller's write transaction
+/// holds the chain. On PostgreSQL one statement locks the chain for the transaction it runs in,
+/// links and inserts: called outside a transaction, it is a commit of its own.
+pub fn append(conn: &mut DbConn, sealed: &Sealed) -> FhirResult<()> {
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    if let DbConn::Postgres(pg) = conn {
+        let hashes: Vec<&str> = (0..sealed.ids.len())
+            .map(|i| &sealed.hashes[64 * i..64 * (i + 1)])
+            .collect();
+        return table::append_pg(pg, &sealed.ids, &hashes, sealed.recorded, &sealed.body);
+    }
+    let head: Option<Head> = table::head(conn)?;
     let (mut seq, mut prev) = match head {
         Some(h) => (h.seq, h.chain_hash),
         None => (0, GENESIS.to_string()),
     };
-    let mut links = Vec::new();
-    for ev in events {
+    for (i, id) in sealed.ids.iter().enumerate() {
         seq += 1;
-        let ch = chain_hash(&prev, seq, &ev.id, &ev.hash);
-        prev = ch.clone();
-        links.push(Link {
-            seq,
-            event_id: ev.id,
-            event_hash: ev.hash,
-            chain_hash: ch,
-            recorded: ev.recorded,
-            content: ev.content,
-        });
+        prev = chain_hash(&prev, seq, id, &sealed.hashes[64 * i..64 * (i + 1)]);
     }
-    table::insert_many(conn, &links)
+    table::insert(
+        conn,
+        &Block {
+            seq,
+            events: sealed.ids.len() as i32,
+            hashes: sealed.hashes.clone(),
+            chain_hash: prev,
+            recorded: sealed.recorded,
+            body: sealed.body.clone(),
+        },
+    )
 }
 
 /// What `audit verify` found.
@@ -72,64 +101,132 @@ pub enum Verdict {
     },
 }
 
-/// Checks the whole log: every link in order, every event (in its link and in its resource row)
-/// against its hash, and no AuditEvent outside the chain.
+/// Checks the whole log: every block in order, every event (in its block and, once written, in
+/// its resource row) against its hash, every link of the chain, and no AuditEvent outside it.
 pub async fn verify(store: &Store) -> FhirResult<Verdict> {
-    const PAGE: i64 = 5000;
-    // Links up to here must have their resource rows; later ones may not have them yet.
-    let materialized = store.read(table::materialized).await?;
-    let (mut prev, mut expected) = (GENESIS.to_string(), 1i64);
-    // The first page starts below any possible seq, so a link slipped in at 0 or below is seen.
+    /// Blocks per page, and events per page at most (the rows are looked up per page).
+    const PAGE: i64 = 1000;
+    const PAGE_EVENTS: usize = 5000;
+    // Events up to the mark must have their resource rows; later ones may not have them yet.
+    // `rows` is how many AuditEvent versions existed then.
+    let (materialized, rows) = store.read(table::census).await?;
+    let (mut prev, mut expected, mut found) = (GENESIS.to_string(), 1i64, 0i64);
+    // The first page starts below any possible seq, so a block slipped in at 0 or below is seen.
     let mut after = i64::MIN;
     loop {
-        let links = store
-            .read(move |conn| table::links_after(conn, after, PAGE))
+        let blocks = store
+            .read(move |conn| table::blocks_after(conn, after, PAGE))
             .await?;
-        let done = (links.len() as i64) < PAGE;
-        for l in links {
-            let broken = |problem: String| {
-                Ok(Verdict::Broken {
-                    seq: l.seq,
-                    problem,
-                })
-            };
-            if l.seq != expected {
+        let done = (blocks.len() as i64) < PAGE;
+        // Unpack a page's blocks (up to PAGE_EVENTS events), then look up their resource rows.
+        let mut page: Vec<(Block, Result<Vec<String>, String>)> = Vec::new();
+        let mut events = 0;
+        let mut rest = blocks.into_iter();
+        for b in rest.by_ref() {
+            let unpacked = block::unpack(&b.body);
+            events += unpacked.as_ref().map_or(0, Vec::len);
+            page.push((b, unpacked));
+            if events >= PAGE_EVENTS {
+                break;
+            }
+        }
+        let more = rest.next().is_some();
+        let ids: Vec<String> = page
+            .iter()
+            .filter(|(b, _)| b.first() <= materialized)
+            .flat_map(|(_, u)| u.iter().flatten())
+            .filter_map(|e| block::id_and_time(e).map(|(id, _)| id))
+            .collect();
+        let stored: std::collections::HashMap<String, String> = store
+            .read(move |conn| table::event_rows(conn, &ids))
+            .await?
+            .into_iter()
+            .map(|r| (r.res_id, r.content))
+            .collect();
+        for (b, unpacked) in page {
+            let first = b.first();
+            if b.events < 1 || first != expected {
+                let problem = if first > expected {
+                    format!(
+                        "record {expected} is missing: the chain jumps from {} to {first} (deleted)",
+                        expected - 1
+                    )
+                } else {
+                    format!(
+                        "a block holding records {first} to {} overlaps the records before it (inserted)",
+                        b.seq
+                    )
+                };
                 return Ok(Verdict::Broken {
                     seq: expected,
+                    problem,
+                });
+            }
+            let events = match unpacked {
+                Ok(e) if e.len() == b.events as usize && b.hashes.len() == 64 * e.len() => e,
+                Ok(e) if e.is_empty() || e.iter().all(String::is_empty) => {
+                    return Ok(Verdict::Broken {
+                        seq: first,
+                        problem: "the AuditEvent was deleted from the log".into(),
+                    })
+                }
+                _ => {
+                    return Ok(Verdict::Broken {
+                        seq: first,
+                        problem: format!(
+                            "the block holding records {first} to {} was modified",
+                            b.seq
+                        ),
+                    })
+                }
+            };
+            for (i, event) in events.iter().enumerate() {
+                let seq = first + i as i64;
+                let hash = &b.hashes[64 * i..64 * (i + 1)];
+                let id = block::id_and_time(event).map(|(id, _)| id);
+                let name = id.as_deref().unwrap_or("?");
+                let broken = |problem: String| Ok(Verdict::Broken { seq, problem });
+                if event_hash(event) != hash {
+                    return broken(format!("AuditEvent {name} was modified"));
+                }
+                let Some(id) = id else {
+                    return broken("the record is not an AuditEvent".into());
+                };
+                if seq <= materialized {
+                    match stored.get(&id) {
+                        None => return broken(format!("AuditEvent {id} was deleted")),
+                        Some(row) if event_hash(row) != hash => {
+                            return broken(format!("AuditEvent {id} was modified"))
+                        }
+                        Some(_) => found += 1,
+                    }
+                }
+                prev = chain_hash(&prev, seq, &id, hash);
+            }
+            if prev != b.chain_hash {
+                return Ok(Verdict::Broken {
+                    seq: first,
                     problem: format!(
-                        "record {expected} is missing: the chain jumps from {} to {} (deleted)",
-                        expected - 1,
-                        l.seq
+                        "the chain breaks at the block holding records {first} to {}: records \
+                         were modified, inserted or reordered",
+                        b.seq
                     ),
                 });
             }
-            // The event in the link (older links have none) and its resource row (written up
-            // to the materialized mark) must both be the event that was hashed.
-            if l.logged.is_none() && l.content.is_none()
-                || l.content.is_none() && l.seq <= materialized
-            {
-                return broken(format!("AuditEvent {} was deleted", l.event_id));
-            }
-            for copy in [&l.logged, &l.content].into_iter().flatten() {
-                if event_hash(copy) != l.event_hash {
-                    return broken(format!("AuditEvent {} was modified", l.event_id));
-                }
-            }
-            if chain_hash(&prev, l.seq, &l.event_id, &l.event_hash) != l.chain_hash {
-                return broken(format!(
-                    "the chain breaks at AuditEvent {}: records were modified, inserted or reordered",
-                    l.event_id
-                ));
-            }
-            prev = l.chain_hash;
-            expected += 1;
-            after = l.seq;
+            expected = b.seq + 1;
+            after = b.seq;
         }
-        if done {
+        if done && !more {
             break;
         }
     }
-    if let Some(id) = store.read(table::unchained_event).await? {
+    // Every AuditEvent version there was at the census is one of those found, or it is not in
+    // the chain.
+    if rows > found {
+        let id = match store.read(table::revised_event).await? {
+            Some(id) => id,
+            None => unchained(store).await?.unwrap_or_else(|| "?".into()),
+        };
         return Ok(Verdict::Broken {
             seq: expected,
             problem: format!(
@@ -143,20 +240,70 @@ pub async fn verify(store: &Store) -> FhirResult<Verdict> {
     })
 }
 
-/// Writes the AuditEvents stored since `since` (µs) as NDJSON, in chain order; how many.
-pub async fn export(store: &Store, since: i64, out: &mut impl Write) -> FhirResult<u64> {
-    const PAGE: i64 = 2000;
-    let (mut after, mut n) = (0i64, 0u64);
+/// The first AuditEvent resource row whose event is not in the log. The rows are read first:
+/// any row written since was written from a block already there when the log is read.
+async fn unchained(store: &Store) -> FhirResult<Option<String>> {
+    const PAGE: i64 = 5000;
+    let mut ids = Vec::new();
+    let mut after = 0;
     loop {
-        let rows = store
-            .read(move |conn| table::events_since(conn, since, after, PAGE))
+        let page = store
+            .read(move |conn| table::event_ids_after(conn, after, PAGE))
             .await?;
-        for r in &rows {
-            writeln!(out, "{}", r.content).map_err(|e| FhirError::Internal(e.to_string()))?;
-            n += 1;
+        let done = (page.len() as i64) < PAGE;
+        after = page.last().map_or(after, |(seq, _)| *seq);
+        ids.extend(page.into_iter().map(|(_, id)| id));
+        if done {
+            break;
         }
-        match rows.last() {
-            Some(r) if rows.len() as i64 == PAGE => after = r.seq,
+    }
+    let mut chained = HashSet::new();
+    let mut after = i64::MIN;
+    loop {
+        let blocks = store
+            .read(move |conn| table::blocks_after(conn, after, 1000))
+            .await?;
+        let done = blocks.len() < 1000;
+        for b in &blocks {
+            for e in block::unpack(&b.body).unwrap_or_default() {
+                if let Some((id, _)) = block::id_and_time(&e) {
+                    chained.insert(id);
+                }
+            }
+            after = b.seq;
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(ids.into_iter().find(|id| !chained.contains(id)))
+}
+
+/// Writes the AuditEvents recorded since `since` (µs) as NDJSON, in chain order; how many.
+pub async fn export(store: &Store, since: i64, out: &mut impl Write) -> FhirResult<u64> {
+    const PAGE: i64 = 200;
+    let (mut after, mut n) = (i64::MIN, 0u64);
+    loop {
+        let blocks = store
+            .read(move |conn| table::blocks_since(conn, since, after, PAGE))
+            .await?;
+        for b in &blocks {
+            let events = block::unpack(&b.body).map_err(|e| {
+                FhirError::Internal(format!(
+                    "the audit block holding records {} to {} cannot be read: {e}",
+                    b.first(),
+                    b.seq
+                ))
+            })?;
+            for e in events {
+                if block::id_and_time(&e).is_some_and(|(_, at)| at >= since) {
+                    writeln!(out, "{e}").map_err(|e| FhirError::Internal(e.to_string()))?;
+                    n += 1;
+                }
+            }
+        }
+        match blocks.last() {
+            Some(b) if blocks.len() as i64 == PAGE => after = b.seq,
             _ => return Ok(n),
         }
     }

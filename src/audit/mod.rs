@@ -1,16 +1,20 @@
 //! The audit trail: one IHE BALP-shaped AuditEvent per interaction, appended to the log
-//! (`audit_chain`: one row per event, holding the event and its hash chain link).
+//! (`audit_block`: one row per commit, holding its events compressed and the hash chain through
+//! them).
 //!
-//! Writes append their AuditEvent in their own transaction (`record_in`); reads, searches and
-//! failures hand theirs to the `Auditor`, which commits them in batches (group commit) and answers
-//! each request only once its record is durable. If that fails, the request fails (503): closed.
+//! Writes append their AuditEvents in their own transaction (`record_in`); reads, searches and
+//! failures hand theirs to the `Auditor`, which commits them in batches (group commit), a batch
+//! being one block, and answers each request only once its record is durable. If that fails, the
+//! request fails (503): closed.
 //!
 //! Reads and searches of AuditEvents use ordinary (server-written, append-only) AuditEvent
 //! resource rows with their search indexes. Those are written from the log afterwards, in chain
 //! order (`materialize`): by the committer when no request waits on it, and by any read that
 //! could see AuditEvents before it runs (`catch_up`), so a search always sees every record
-//! already logged. Recording a request thus costs one row, and indexing is off the hot path.
+//! already logged. Recording a request thus costs a share of one row, and indexing is off the hot
+//! path.
 
+pub mod block;
 mod chain;
 mod event;
 
@@ -22,7 +26,7 @@ use serde_json::Value;
 use crate::error::{FhirError, FhirResult};
 use crate::rest::Prepared;
 use crate::store::audit::PendingChunk;
-use crate::store::{DbConn, Store};
+use crate::store::{DbConn, Pooled, Store};
 
 pub use chain::{export, verify, Verdict};
 pub use event::{
@@ -139,6 +143,9 @@ impl Auditor {
             .spawn(move || {
                 // Whether links may wait for their resource rows (after a restart, they may).
                 let mut behind = true;
+                // The connection batches are appended on: one check-out (and its ping) less per
+                // batch.
+                let mut held = None;
                 // Ends when every sender (the server's state) is gone.
                 loop {
                     let first = match rx.recv_timeout(IDLE) {
@@ -185,7 +192,7 @@ impl Auditor {
                     let (events, replies): (Vec<Logged>, Vec<Reply>) = batch.into_iter().unzip();
                     let (n, started) = (events.len(), std::time::Instant::now());
                     crate::metrics::AUDIT_BATCH.observe(n as f64);
-                    let stored = commit(&store, events);
+                    let stored = commit(&store, &mut held, events);
                     tracing::debug!(
                         events = n,
                         us = started.elapsed().as_micros() as u64,
@@ -230,17 +237,22 @@ impl Auditor {
     }
 }
 
-/// Stores a batch in one transaction; if that fails, each event alone, so that one bad event
-/// fails only its own request. A panic is an error, never the end of the committer.
-fn commit(store: &Store, events: Vec<Logged>) -> Vec<bool> {
-    let attempt = |events: Vec<Logged>| -> FhirResult<()> {
+/// Stores a batch in one transaction, as one block; if that fails, each event alone, so that one
+/// bad event fails only its own request. A panic is an error, never the end of the committer.
+fn commit(store: &Store, held: &mut Option<Pooled>, events: Vec<Logged>) -> Vec<bool> {
+    let mut attempt = |events: &[Logged]| -> FhirResult<()> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            store.write_now(move |conn| append(conn, events))
+            // Packed before the transaction: the chain's lock is held only to link and insert.
+            let sealed = chain::Sealed::new(events);
+            store.append_now(held, |conn| chain::append(conn, &sealed))
         }))
-        .unwrap_or_else(|_| Err(FhirError::Internal("the audit committer panicked".into())))
+        .unwrap_or_else(|_| {
+            *held = None;
+            Err(FhirError::Internal("the audit committer panicked".into()))
+        })
     };
     let n = events.len();
-    match attempt(events.clone()) {
+    match attempt(&events) {
         Ok(()) => vec![true; n],
         Err(e) => {
             tracing::error!(error = %e, events = n, "an audit batch could not be stored");
@@ -250,7 +262,7 @@ fn commit(store: &Store, events: Vec<Logged>) -> Vec<bool> {
             events
                 .into_iter()
                 .map(|ev| {
-                    let r = attempt(vec![ev]);
+                    let r = attempt(std::slice::from_ref(&ev));
                     if let Err(e) = &r {
                         tracing::error!(error = %e, "an AuditEvent could not be stored");
                     }
@@ -261,19 +273,12 @@ fn commit(store: &Store, events: Vec<Logged>) -> Vec<bool> {
     }
 }
 
-/// Appends AuditEvents to the log inside the caller's transaction.
+/// Appends AuditEvents to the log inside the caller's transaction, as one block.
 pub fn record_in(conn: &mut DbConn, events: Vec<Logged>) -> FhirResult<()> {
     if events.is_empty() {
         return Ok(());
     }
-    append(conn, events)
-}
-
-/// Links AuditEvents into the chain, in the caller's transaction. The chain is locked last, so
-/// it is held only for the inserts of the links.
-fn append(conn: &mut DbConn, events: Vec<Logged>) -> FhirResult<()> {
-    let head = chain::lock_head(conn)?;
-    chain::append_all(conn, head, events.into_iter())
+    chain::append(conn, &chain::Sealed::new(&events))
 }
 
 /// Writes the resource rows (current, history, search indexes) of the next logged AuditEvents

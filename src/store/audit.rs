@@ -1,127 +1,157 @@
-//! The audit log's table: one link per AuditEvent, in order, holding the event as stored (its
-//! content and when it was recorded) and its hashes; and the queries `audit verify`, `audit
-//! export` and the materializer read it with. The AuditEvent resource rows that reads and
-//! searches use are written from the links later (`audit_materialized` says how far).
+//! The audit log's table: blocks of AuditEvents in chain order (`audit_block`), each holding its
+//! events as stored, their hashes and the chain hash after the last one; and the queries `audit
+//! verify`, `audit export` and the materializer read it with. The AuditEvent resource rows that
+//! reads and searches use are written from the blocks later (`audit_materialized` says how far,
+//! as a chain position).
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Text};
 
-use super::schema::{audit_chain, audit_materialized};
+use super::schema::{audit_block, audit_materialized};
 use super::sql::Sql;
 use super::DbConn;
 use crate::error::FhirResult;
 
-/// The PostgreSQL advisory lock that serializes appends to the chain across instances.
-const CHAIN_LOCK: i64 = 0x0000_ca1a_0d17;
 /// The PostgreSQL advisory lock that serializes materializers across instances.
 const MATERIALIZE_LOCK: i64 = 0x0000_ca1a_0d18;
 
-/// The head of the chain: what the next link builds on.
+/// The head of the chain: what the next block builds on.
 #[derive(Debug, Clone, Queryable, Selectable)]
-#[diesel(table_name = audit_chain)]
+#[diesel(table_name = audit_block)]
 pub struct Head {
     pub seq: i64,
     pub chain_hash: String,
 }
 
-/// One link as appended: the event, its hash and the chain hash.
-#[derive(Debug, Clone)]
-pub struct Link {
+/// One block of the log, as stored.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = audit_block)]
+pub struct Block {
+    /// The chain position of its last event.
     pub seq: i64,
-    pub event_id: String,
-    pub event_hash: String,
+    /// How many events it holds.
+    pub events: i32,
+    /// Their SHA-256 (hex), concatenated in order.
+    pub hashes: String,
+    /// The chain hash after its last event.
     pub chain_hash: String,
+    /// The latest time one of them was recorded (µs).
     pub recorded: i64,
-    pub content: String,
+    /// The events (`audit::block`).
+    pub body: Vec<u8>,
 }
 
-/// Takes the chain for this transaction (on SQLite the write transaction already holds the
-/// database) and returns its last link.
-pub fn lock_head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
-    if let DbConn::Postgres(_) = conn {
-        conn.batch_execute(&format!("SELECT pg_advisory_xact_lock({CHAIN_LOCK})"))?;
+impl Block {
+    /// The chain position of its first event.
+    pub fn first(&self) -> i64 {
+        self.seq - i64::from(self.events) + 1
     }
+}
+
+/// The chain's last link. The caller holds the chain: on SQLite, a write transaction holds the
+/// database; PostgreSQL appends through `append_pg`, which locks.
+pub fn head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
     super::first_row(
-        audit_chain::table
+        audit_block::table
             .select(Head::as_select())
-            .order(audit_chain::seq.desc()),
+            .order(audit_block::seq.desc()),
         conn,
     )
 }
 
-/// Inserts links: on SQLite one row per statement, a statement prepared once per connection (a
-/// multi-row VALUES list is parsed anew for every batch size); on PostgreSQL one statement of
-/// arrays.
-pub fn insert_many(conn: &mut DbConn, links: &[Link]) -> FhirResult<()> {
-    if let DbConn::Postgres(pg) = conn {
-        return insert_unnest(pg, links);
-    }
-    for l in links {
-        diesel::insert_into(audit_chain::table)
-            .values((
-                audit_chain::seq.eq(l.seq),
-                audit_chain::event_id.eq(&l.event_id),
-                audit_chain::event_hash.eq(&l.event_hash),
-                audit_chain::chain_hash.eq(&l.chain_hash),
-                audit_chain::recorded.eq(l.recorded),
-                audit_chain::content.eq(&l.content),
-            ))
-            .execute(conn)?;
-    }
+/// PostgreSQL: appends a block in one statement (`cairn_audit_append`, migration
+/// `2026-12-01-000006_audit_blocks`), which takes the chain's advisory lock for the transaction,
+/// reads the head after it, links the events the way `audit::chain` does and inserts the block.
+/// On its own (autocommit) it is a whole group commit in one round trip.
+pub fn append_pg(
+    pg: &mut diesel::PgConnection,
+    ids: &[String],
+    hashes: &[&str],
+    recorded: i64,
+    body: &[u8],
+) -> FhirResult<()> {
+    use diesel::sql_types::{Array, Binary};
+    diesel::sql_query("SELECT cairn_audit_append($1, $2, $3, $4)")
+        .bind::<Array<Text>, _>(ids)
+        .bind::<Array<Text>, _>(hashes)
+        .bind::<BigInt, _>(recorded)
+        .bind::<Binary, _>(body)
+        .execute(pg)?;
     Ok(())
 }
 
-/// PostgreSQL: the links as six arrays, so the statement (and its plan) is the same whatever the
-/// batch size, where a VALUES list of six parameters per link is parsed and planned anew.
-fn insert_unnest(pg: &mut diesel::PgConnection, links: &[Link]) -> FhirResult<()> {
-    use diesel::sql_types::{Array, BigInt, Text};
-    let text = |f: fn(&Link) -> &str| links.iter().map(f).collect::<Vec<&str>>();
-    let ints = |f: fn(&Link) -> i64| links.iter().map(f).collect::<Vec<i64>>();
-    diesel::sql_query(
-        "INSERT INTO audit_chain (seq, event_id, event_hash, chain_hash, recorded, content) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-         $6::text[])",
-    )
-    .bind::<Array<BigInt>, _>(ints(|l| l.seq))
-    .bind::<Array<Text>, _>(text(|l| &l.event_id))
-    .bind::<Array<Text>, _>(text(|l| &l.event_hash))
-    .bind::<Array<Text>, _>(text(|l| &l.chain_hash))
-    .bind::<Array<BigInt>, _>(ints(|l| l.recorded))
-    .bind::<Array<Text>, _>(text(|l| &l.content))
-    .execute(pg)?;
+/// Appends a block: one row, whatever the number of events.
+pub fn insert(conn: &mut DbConn, block: &Block) -> FhirResult<()> {
+    diesel::insert_into(audit_block::table)
+        .values(block)
+        .execute(conn)?;
     Ok(())
 }
 
-/// A link with its AuditEvent: as the link holds it, and as its resource row holds it.
+/// Up to `limit` blocks after chain position `seq`, in order.
+pub fn blocks_after(conn: &mut DbConn, seq: i64, limit: i64) -> FhirResult<Vec<Block>> {
+    Ok(audit_block::table
+        .select(Block::as_select())
+        .filter(audit_block::seq.gt(seq))
+        .order(audit_block::seq)
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Up to `limit` blocks after chain position `seq` holding an event recorded at or after
+/// `since` (µs), in order.
+pub fn blocks_since(conn: &mut DbConn, since: i64, seq: i64, limit: i64) -> FhirResult<Vec<Block>> {
+    Ok(audit_block::table
+        .select(Block::as_select())
+        .filter(audit_block::seq.gt(seq))
+        .filter(audit_block::recorded.ge(since))
+        .order(audit_block::seq)
+        .limit(limit)
+        .load(conn)?)
+}
+
 #[derive(Debug, QueryableByName)]
-pub struct LinkedEvent {
-    #[diesel(sql_type = BigInt)]
-    pub seq: i64,
+pub struct StoredEvent {
     #[diesel(sql_type = Text)]
-    pub event_id: String,
+    pub res_id: String,
     #[diesel(sql_type = Text)]
-    pub event_hash: String,
-    #[diesel(sql_type = Text)]
-    pub chain_hash: String,
-    /// The event in the link (None for links from before the log held events).
-    #[diesel(sql_type = Nullable<Text>)]
-    pub logged: Option<String>,
-    /// The AuditEvent's resource row; None when there is none (not materialized yet, or gone).
-    #[diesel(sql_type = Nullable<Text>)]
-    pub content: Option<String>,
+    pub content: String,
 }
 
-/// The links after `seq`, in order, with their events.
-pub fn links_after(conn: &mut DbConn, seq: i64, limit: i64) -> FhirResult<Vec<LinkedEvent>> {
+/// The first version of these AuditEvents' resource rows (those that exist).
+pub fn event_rows(conn: &mut DbConn, ids: &[String]) -> FhirResult<Vec<StoredEvent>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut q = Sql::new(
-        "SELECT c.seq AS seq, c.event_id AS event_id, c.event_hash AS event_hash, \
-         c.chain_hash AS chain_hash, c.content AS logged, h.content AS content FROM audit_chain c \
-         LEFT JOIN resource_history h ON h.res_type = 'AuditEvent' AND h.res_id = c.event_id \
-         AND h.version = 1 WHERE c.seq > ",
+        "SELECT res_id, content FROM resource_history WHERE res_type = 'AuditEvent' \
+         AND version = 1 AND res_id IN ",
     );
-    q.int(seq).push(" ORDER BY c.seq LIMIT ").int(limit);
+    q.text_list(ids);
     Ok(q.load(conn)?)
+}
+
+#[derive(Debug, QueryableByName)]
+struct Census {
+    #[diesel(sql_type = BigInt)]
+    mark: i64,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+}
+
+/// How far the resource rows have been written, and how many AuditEvent versions there are:
+/// read in one statement, so both describe the same moment.
+pub fn census(conn: &mut DbConn) -> FhirResult<(i64, i64)> {
+    let c: Census = Sql::new(
+        "SELECT COALESCE((SELECT seq FROM audit_materialized WHERE id = 1), 0) AS mark, \
+         (SELECT COUNT(*) FROM resource_history WHERE res_type = 'AuditEvent') AS rows",
+    )
+    .load::<Census>(conn)?
+    .into_iter()
+    .next()
+    .ok_or_else(|| crate::error::FhirError::Internal("no census row".into()))?;
+    Ok((c.mark, c.rows))
 }
 
 #[derive(Debug, QueryableByName)]
@@ -130,43 +160,37 @@ struct IdRow {
     res_id: String,
 }
 
-/// An AuditEvent version the chain does not account for: one inserted outside it, or a second
-/// version of one (an update).
-pub fn unchained_event(conn: &mut DbConn) -> FhirResult<Option<String>> {
+/// An AuditEvent with a second version (updated behind the server's back).
+pub fn revised_event(conn: &mut DbConn) -> FhirResult<Option<String>> {
     let q = Sql::new(
-        "SELECT h.res_id AS res_id FROM resource_history h WHERE h.res_type = 'AuditEvent' AND \
-         (h.version <> 1 OR NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = h.res_id)) \
-         ORDER BY h.seq LIMIT 1",
+        "SELECT res_id FROM resource_history WHERE res_type = 'AuditEvent' AND version <> 1 \
+         ORDER BY seq LIMIT 1",
     );
     Ok(q.load::<IdRow>(conn)?.into_iter().next().map(|r| r.res_id))
 }
 
-#[derive(Debug, QueryableByName)]
-pub struct EventRow {
-    #[diesel(sql_type = BigInt)]
-    pub seq: i64,
-    #[diesel(sql_type = Text)]
-    pub content: String,
-}
-
-/// AuditEvents recorded at or after `since` (µs), in chain order, after chain position `after`.
-pub fn events_since(
+/// The ids of AuditEvent versions, in the order they were written, after history row `after`:
+/// `(history seq, id)`.
+pub fn event_ids_after(
     conn: &mut DbConn,
-    since: i64,
     after: i64,
     limit: i64,
-) -> FhirResult<Vec<EventRow>> {
+) -> FhirResult<Vec<(i64, String)>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+        #[diesel(sql_type = Text)]
+        res_id: String,
+    }
     let mut q = Sql::new(
-        "SELECT c.seq AS seq, COALESCE(c.content, h.content) AS content FROM audit_chain c \
-         LEFT JOIN resource_history h ON c.content IS NULL AND h.res_type = 'AuditEvent' \
-         AND h.res_id = c.event_id AND h.version = 1 WHERE c.seq > ",
+        "SELECT seq, res_id FROM resource_history WHERE res_type = 'AuditEvent' AND seq > ",
     );
-    q.int(after)
-        .push(" AND COALESCE(c.recorded, h.last_updated) >= ")
-        .int(since)
-        .push(" AND COALESCE(c.content, h.content) IS NOT NULL ORDER BY c.seq LIMIT ")
-        .int(limit);
-    Ok(q.load(conn)?)
+    q.int(after).push(" ORDER BY seq LIMIT ").int(limit);
+    Ok(q.load::<Row>(conn)?
+        .into_iter()
+        .map(|r| (r.seq, r.res_id))
+        .collect())
 }
 
 /// How far the AuditEvent resource rows have been written.
@@ -180,77 +204,92 @@ pub fn materialized(conn: &mut DbConn) -> FhirResult<i64> {
     .unwrap_or(0))
 }
 
-/// Whether links wait for their resource rows.
+/// Whether logged events wait for their resource rows.
 pub fn behind(conn: &mut DbConn) -> FhirResult<bool> {
     let done = materialized(conn)?;
-    Ok(audit_chain::table
-        .select(audit_chain::seq)
-        .filter(audit_chain::seq.gt(done))
+    Ok(audit_block::table
+        .select(audit_block::seq)
+        .filter(audit_block::seq.gt(done))
         .first::<i64>(conn)
         .optional()?
         .is_some())
 }
 
-/// A link whose AuditEvent has no resource row yet.
-#[derive(Debug, QueryableByName)]
+/// A logged AuditEvent whose resource row is to be written.
+#[derive(Debug)]
 pub struct Pending {
-    #[diesel(sql_type = BigInt)]
-    pub seq: i64,
-    #[diesel(sql_type = Text)]
     pub event_id: String,
-    #[diesel(sql_type = BigInt)]
     pub recorded: i64,
-    #[diesel(sql_type = Text)]
     pub content: String,
 }
 
-/// A chunk of links for the materializer.
+/// A chunk of the log for the materializer.
 pub struct PendingChunk {
-    /// The links whose resource rows are to be written.
+    /// The events whose resource rows are to be written.
     pub rows: Vec<Pending>,
     /// Where the mark moves once they are; None when nothing waits.
     pub last: Option<i64>,
-    /// Whether more links may wait after this chunk.
+    /// Whether more may wait after this chunk.
     pub full: bool,
 }
 
-/// Takes the materializer's lock for this transaction; the links after the mark (at most
-/// `limit`), minus any whose resource row exists.
+/// Takes the materializer's lock for this transaction; the events after the mark, in whole
+/// blocks of about `limit` events at most (at least one block), minus any whose resource row
+/// exists.
 pub fn lock_pending(conn: &mut DbConn, limit: i64) -> FhirResult<PendingChunk> {
     if let DbConn::Postgres(_) = conn {
         conn.batch_execute(&format!("SELECT pg_advisory_xact_lock({MATERIALIZE_LOCK})"))?;
     }
     let done = materialized(conn)?;
-    let mut q = Sql::new(
-        "SELECT c.seq AS seq, c.event_id AS event_id, c.recorded AS recorded, \
-         c.content AS content FROM audit_chain c WHERE c.seq > ",
-    );
-    q.int(done)
-        .push(" AND c.content IS NOT NULL AND c.recorded IS NOT NULL ORDER BY c.seq LIMIT ")
-        .int(limit);
-    let rows: Vec<Pending> = q.load(conn)?;
-    let full = rows.len() as i64 >= limit;
-    let Some(last) = rows.last().map(|r| r.seq) else {
+    let blocks = blocks_after(conn, done, limit)?;
+    let mut full = blocks.len() as i64 >= limit;
+    let (mut rows, mut last, mut events) = (Vec::new(), None, 0i64);
+    for b in blocks {
+        if events > 0 && events + i64::from(b.events) > limit {
+            full = true;
+            break;
+        }
+        events += i64::from(b.events);
+        last = Some(b.seq);
+        // An altered block cannot be indexed; `audit verify` reports it. The rest of the log
+        // still is.
+        let unpacked = match crate::audit::block::unpack(&b.body) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(block = b.seq, error = %e, "an audit block cannot be read");
+                continue;
+            }
+        };
+        for (i, content) in unpacked.into_iter().enumerate() {
+            // A mark set back by hand may fall inside a block.
+            if b.first() + i as i64 <= done {
+                continue;
+            }
+            let Some((event_id, recorded)) = crate::audit::block::id_and_time(&content) else {
+                tracing::error!(
+                    block = b.seq,
+                    "an audit block holds something else than an AuditEvent"
+                );
+                continue;
+            };
+            rows.push(Pending {
+                event_id,
+                recorded,
+                content,
+            });
+        }
+    }
+    if last.is_none() {
         return Ok(PendingChunk {
             rows,
             last: None,
             full: false,
         });
-    };
-    // The mark only moves forward, so a link's rows are never written twice; if it was set back
-    // by hand, rows already written are skipped rather than duplicated.
-    let mut q = Sql::new(
-        "SELECT res_id FROM resource_history WHERE res_type = 'AuditEvent' AND res_id IN (",
-    );
-    for (i, r) in rows.iter().enumerate() {
-        if i > 0 {
-            q.push(", ");
-        }
-        q.text(&r.event_id);
     }
-    q.push(")");
-    let existing: std::collections::HashSet<String> = q
-        .load::<IdRow>(conn)?
+    // The mark only moves forward, so an event's rows are never written twice; if it was set back
+    // by hand, rows already written are skipped rather than duplicated.
+    let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+    let existing: std::collections::HashSet<String> = event_rows(conn, &ids)?
         .into_iter()
         .map(|r| r.res_id)
         .collect();
@@ -259,7 +298,7 @@ pub fn lock_pending(conn: &mut DbConn, limit: i64) -> FhirResult<PendingChunk> {
             .into_iter()
             .filter(|r| !existing.contains(&r.event_id))
             .collect(),
-        last: Some(last),
+        last,
         full,
     })
 }

@@ -213,6 +213,9 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SessionSetup {
     }
 }
 
+/// A connection checked out of the pool.
+pub type Pooled = PooledConnection<ConnectionManager<DbConn>>;
+
 /// The shared handle to the database: cheap to clone, one per application.
 #[derive(Clone)]
 pub struct Store {
@@ -288,7 +291,7 @@ impl Store {
         self.backend
     }
 
-    fn conn(&self) -> FhirResult<PooledConnection<ConnectionManager<DbConn>>> {
+    fn conn(&self) -> FhirResult<Pooled> {
         crate::metrics::POOL_WAITING.inc();
         let got = self.pool.get();
         crate::metrics::POOL_WAITING.dec();
@@ -328,14 +331,43 @@ impl Store {
         f(&mut *self.conn()?)
     }
 
+    /// Runs an append to the audit log on the calling thread (the audit committer's), on the
+    /// connection it holds (`held`: taken from the pool when empty, given back after an error, so
+    /// a broken one is replaced): on PostgreSQL one statement that is its own transaction
+    /// (`audit::chain::append`), so a group commit is one round trip; on SQLite a write
+    /// transaction.
+    pub fn append_now<T, F>(&self, held: &mut Option<Pooled>, f: F) -> FhirResult<T>
+    where
+        F: FnOnce(&mut DbConn) -> FhirResult<T>,
+    {
+        let conn: &mut DbConn = match held {
+            Some(c) => c,
+            None => held.insert(self.conn()?),
+        };
+        let result = match self.backend {
+            Backend::Postgres => f(conn),
+            Backend::Sqlite => self.write_on(conn, f),
+        };
+        if result.is_err() {
+            *held = None;
+        }
+        result
+    }
+
     /// Runs `f` in one transaction on the calling thread (for threads of our own, such as the
     /// audit committer; never on an async worker).
     pub fn write_now<T, F>(&self, f: F) -> FhirResult<T>
     where
         F: FnOnce(&mut DbConn) -> FhirResult<T>,
     {
-        let mut pooled = self.conn()?;
-        let conn: &mut DbConn = &mut pooled;
+        self.write_on(&mut *self.conn()?, f)
+    }
+
+    /// `write_now` on a connection the caller holds.
+    fn write_on<T, F>(&self, conn: &mut DbConn, f: F) -> FhirResult<T>
+    where
+        F: FnOnce(&mut DbConn) -> FhirResult<T>,
+    {
         let touched = cache::Touched::start();
         // On PostgreSQL every writer tells the instances' caches, the CLI's commands included.
         let notify = self.backend == Backend::Postgres;

@@ -144,13 +144,13 @@ diesel::table! {
 }
 
 diesel::table! {
-    audit_chain (seq) {
+    audit_block (seq) {
         seq -> BigInt,
-        event_id -> Text,
-        event_hash -> Text,
+        events -> Integer,
+        hashes -> Text,
         chain_hash -> Text,
-        recorded -> Nullable<BigInt>,
-        content -> Nullable<Text>,
+        recorded -> BigInt,
+        body -> Binary,
     }
 }
 
