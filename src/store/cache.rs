@@ -170,8 +170,12 @@ thread_local! {
     static TOUCHED: RefCell<Option<Vec<Key>>> = const { RefCell::new(None) };
 }
 
-/// Notes that the running transaction writes `ty/id`.
+/// Notes that the running transaction writes `ty/id`. Types never cached are not noted: nothing
+/// is to be forgotten, here or (through NOTIFY) on other instances.
 pub fn touched(ty: &str, id: &str) {
+    if !cacheable(ty) {
+        return;
+    }
     TOUCHED.with(|t| {
         let mut t = t.borrow_mut();
         debug_assert!(t.is_some(), "{ty}/{id} written outside Store::write_now");
