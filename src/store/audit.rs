@@ -218,6 +218,8 @@ pub fn behind(conn: &mut DbConn) -> FhirResult<bool> {
 /// A logged AuditEvent whose resource row is to be written.
 #[derive(Debug)]
 pub struct Pending {
+    /// Its hash as the block records it (empty if the block's hashes are garbled).
+    pub hash: String,
     pub event_id: String,
     pub recorded: i64,
     pub content: String,
@@ -273,6 +275,11 @@ pub fn lock_pending(conn: &mut DbConn, limit: i64) -> FhirResult<PendingChunk> {
                 continue;
             };
             rows.push(Pending {
+                hash: b
+                    .hashes
+                    .get(64 * i..64 * (i + 1))
+                    .unwrap_or_default()
+                    .to_string(),
                 event_id,
                 recorded,
                 content,
