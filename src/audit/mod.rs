@@ -152,7 +152,9 @@ impl Auditor {
                         Ok(item) => item,
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
-                            // Quiet: write resource rows, a chunk at a time, until a record
+                            // Quiet: the connection goes back to the pool,
+                            held = None;
+                            // and resource rows are written, a chunk at a time, until a record
                             // arrives or none wait. Writes append their records themselves, so
                             // the log is looked at even when nothing came through the queue.
                             let mut next = None;

@@ -332,8 +332,9 @@ impl Store {
     }
 
     /// Runs an append to the audit log on the calling thread (the audit committer's), on the
-    /// connection it holds (`held`: taken from the pool when empty, given back after an error, so
-    /// a broken one is replaced): on PostgreSQL one statement that is its own transaction
+    /// connection it holds (`held`: taken from the pool when empty; given back after an error, so
+    /// a broken one is replaced, and at once if the pool has fewer than four connections): on
+    /// PostgreSQL one statement that is its own transaction
     /// (`audit::chain::append`), so a group commit is one round trip; on SQLite a write
     /// transaction.
     pub fn append_now<T, F>(&self, held: &mut Option<Pooled>, f: F) -> FhirResult<T>
@@ -348,7 +349,8 @@ impl Store {
             Backend::Postgres => f(conn),
             Backend::Sqlite => self.write_on(conn, f),
         };
-        if result.is_err() {
+        // Kept only if requests are left enough of a small pool.
+        if result.is_err() || self.pool.max_size() < 4 {
             *held = None;
         }
         result
