@@ -32,7 +32,7 @@ fn chain_hash(prev: &str, seq: i64, event_id: &str, event_hash: &str) -> String 
 /// AuditEvents packed for the log, not yet linked: all the work of an append that needs no lock.
 pub struct Sealed {
     ids: Vec<String>,
-    hashes: String,
+    hashes: Vec<String>,
     recorded: i64,
     body: Vec<u8>,
 }
@@ -41,7 +41,7 @@ impl Sealed {
     pub fn new(events: &[super::Logged]) -> Sealed {
         Sealed {
             ids: events.iter().map(|e| e.id.clone()).collect(),
-            hashes: events.iter().map(|e| e.hash.as_str()).collect(),
+            hashes: events.iter().map(|e| e.hash.clone()).collect(),
             recorded: events.iter().map(|e| e.recorded).max().unwrap_or(0),
             body: block::pack(events.iter().map(|e| e.content.as_str())),
         }
@@ -60,26 +60,29 @@ pub fn append(conn: &mut DbConn, sealed: &Sealed) -> FhirResult<()> {
         return Ok(());
     }
     if let DbConn::Postgres(pg) = conn {
-        let hashes: Vec<&str> = (0..sealed.ids.len())
-            .map(|i| &sealed.hashes[64 * i..64 * (i + 1)])
-            .collect();
-        return table::append_pg(pg, &sealed.ids, &hashes, sealed.recorded, &sealed.body);
+        return table::append_pg(
+            pg,
+            &sealed.ids,
+            &sealed.hashes,
+            sealed.recorded,
+            &sealed.body,
+        );
     }
     let head: Option<Head> = table::head(conn)?;
     let (mut seq, mut prev) = match head {
         Some(h) => (h.seq, h.chain_hash),
         None => (0, GENESIS.to_string()),
     };
-    for (i, id) in sealed.ids.iter().enumerate() {
+    for (id, hash) in sealed.ids.iter().zip(&sealed.hashes) {
         seq += 1;
-        prev = chain_hash(&prev, seq, id, &sealed.hashes[64 * i..64 * (i + 1)]);
+        prev = chain_hash(&prev, seq, id, hash);
     }
     table::insert(
         conn,
         &Block {
             seq,
             events: sealed.ids.len() as i32,
-            hashes: sealed.hashes.clone(),
+            hashes: sealed.hashes.concat(),
             chain_hash: prev,
             recorded: sealed.recorded,
             body: sealed.body.clone(),
@@ -119,11 +122,21 @@ pub async fn verify(store: &Store) -> FhirResult<Verdict> {
             .await?;
         let done = (blocks.len() as i64) < PAGE;
         // Unpack a page's blocks (up to PAGE_EVENTS events), then look up their resource rows.
-        let mut page: Vec<(Block, Result<Vec<String>, String>)> = Vec::new();
+        // Each event with its id (None if it is not an AuditEvent).
+        type Unpacked = Result<Vec<(String, Option<String>)>, String>;
+        let mut page: Vec<(Block, Unpacked)> = Vec::new();
         let mut events = 0;
         let mut rest = blocks.into_iter();
         for b in rest.by_ref() {
-            let unpacked = block::unpack(&b.body);
+            let unpacked = block::unpack(&b.body).map(|events| {
+                events
+                    .into_iter()
+                    .map(|e| {
+                        let id = block::id_and_time(&e).map(|(id, _)| id);
+                        (e, id)
+                    })
+                    .collect::<Vec<_>>()
+            });
             events += unpacked.as_ref().map_or(0, Vec::len);
             page.push((b, unpacked));
             if events >= PAGE_EVENTS {
@@ -135,7 +148,7 @@ pub async fn verify(store: &Store) -> FhirResult<Verdict> {
             .iter()
             .filter(|(b, _)| b.first() <= materialized)
             .flat_map(|(_, u)| u.iter().flatten())
-            .filter_map(|e| block::id_and_time(e).map(|(id, _)| id))
+            .filter_map(|(_, id)| id.clone())
             .collect();
         let stored: std::collections::HashMap<String, String> = store
             .read(move |conn| table::event_rows(conn, &ids))
@@ -171,7 +184,7 @@ pub async fn verify(store: &Store) -> FhirResult<Verdict> {
                 {
                     e
                 }
-                Ok(e) if e.is_empty() || e.iter().all(String::is_empty) => {
+                Ok(e) if e.iter().all(|(event, _)| event.is_empty()) => {
                     return Ok(Verdict::Broken {
                         seq: first,
                         problem: "the AuditEvent was deleted from the log".into(),
@@ -187,13 +200,12 @@ pub async fn verify(store: &Store) -> FhirResult<Verdict> {
                     })
                 }
             };
-            for (i, event) in events.iter().enumerate() {
+            for (i, (event, id)) in events.into_iter().enumerate() {
                 let seq = first + i as i64;
-                let hash = &b.hashes[64 * i..64 * (i + 1)];
-                let id = block::id_and_time(event).map(|(id, _)| id);
+                let hash = b.hash(i).unwrap_or_default();
                 let name = id.as_deref().unwrap_or("?");
                 let broken = |problem: String| Ok(Verdict::Broken { seq, problem });
-                if event_hash(event) != hash {
+                if event_hash(&event) != hash {
                     return broken(format!("AuditEvent {name} was modified"));
                 }
                 let Some(id) = id else {

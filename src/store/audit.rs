@@ -47,6 +47,11 @@ impl Block {
     pub fn first(&self) -> i64 {
         self.seq - i64::from(self.events) + 1
     }
+
+    /// The hash of its `i`-th event, as recorded (None if the hashes are garbled).
+    pub fn hash(&self, i: usize) -> Option<&str> {
+        self.hashes.get(64 * i..64 * (i + 1))
+    }
 }
 
 /// The chain's last link. The caller holds the chain: on SQLite, a write transaction holds the
@@ -67,7 +72,7 @@ pub fn head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
 pub fn append_pg(
     pg: &mut diesel::PgConnection,
     ids: &[String],
-    hashes: &[&str],
+    hashes: &[String],
     recorded: i64,
     body: &[u8],
 ) -> FhirResult<()> {
@@ -97,6 +102,26 @@ pub fn blocks_after(conn: &mut DbConn, seq: i64, limit: i64) -> FhirResult<Vec<B
         .order(audit_block::seq)
         .limit(limit)
         .load(conn)?)
+}
+
+/// The blocks that end after chain position `after` and at `until` at the latest, in order.
+fn blocks_within(conn: &mut DbConn, after: i64, until: i64) -> FhirResult<Vec<Block>> {
+    Ok(audit_block::table
+        .select(Block::as_select())
+        .filter(audit_block::seq.gt(after))
+        .filter(audit_block::seq.le(until))
+        .order(audit_block::seq)
+        .load(conn)?)
+}
+
+/// Whether a block ends after chain position `seq`.
+fn any_after(conn: &mut DbConn, seq: i64) -> FhirResult<bool> {
+    Ok(audit_block::table
+        .select(audit_block::seq)
+        .filter(audit_block::seq.gt(seq))
+        .first::<i64>(conn)
+        .optional()?
+        .is_some())
 }
 
 /// Up to `limit` blocks after chain position `seq` holding an event recorded at or after
@@ -207,12 +232,7 @@ pub fn materialized(conn: &mut DbConn) -> FhirResult<i64> {
 /// Whether logged events wait for their resource rows.
 pub fn behind(conn: &mut DbConn) -> FhirResult<bool> {
     let done = materialized(conn)?;
-    Ok(audit_block::table
-        .select(audit_block::seq)
-        .filter(audit_block::seq.gt(done))
-        .first::<i64>(conn)
-        .optional()?
-        .is_some())
+    any_after(conn, done)
 }
 
 /// A logged AuditEvent whose resource row is to be written.
@@ -235,24 +255,21 @@ pub struct PendingChunk {
     pub full: bool,
 }
 
-/// Takes the materializer's lock for this transaction; the events after the mark, in whole
-/// blocks of about `limit` events at most (at least one block), minus any whose resource row
-/// exists.
+/// Takes the materializer's lock for this transaction; the events after the mark, in the whole
+/// blocks that end within `limit` events of it (or the next block, if it alone is longer), minus
+/// any whose resource row exists.
 pub fn lock_pending(conn: &mut DbConn, limit: i64) -> FhirResult<PendingChunk> {
     if let DbConn::Postgres(_) = conn {
         conn.batch_execute(&format!("SELECT pg_advisory_xact_lock({MATERIALIZE_LOCK})"))?;
     }
     let done = materialized(conn)?;
-    let blocks = blocks_after(conn, done, limit)?;
-    let mut full = blocks.len() as i64 >= limit;
-    let (mut rows, mut last, mut events) = (Vec::new(), None, 0i64);
+    let mut blocks = blocks_within(conn, done, done.saturating_add(limit))?;
+    if blocks.is_empty() {
+        blocks = blocks_after(conn, done, 1)?;
+    }
+    let mut rows = Vec::new();
+    let last = blocks.last().map(|b| b.seq);
     for b in blocks {
-        if events > 0 && events + i64::from(b.events) > limit {
-            full = true;
-            break;
-        }
-        events += i64::from(b.events);
-        last = Some(b.seq);
         // An altered block cannot be indexed; `audit verify` reports it. The rest of the log
         // still is.
         let unpacked = match crate::audit::block::unpack(&b.body) {
@@ -275,24 +292,21 @@ pub fn lock_pending(conn: &mut DbConn, limit: i64) -> FhirResult<PendingChunk> {
                 continue;
             };
             rows.push(Pending {
-                hash: b
-                    .hashes
-                    .get(64 * i..64 * (i + 1))
-                    .unwrap_or_default()
-                    .to_string(),
+                hash: b.hash(i).unwrap_or_default().to_string(),
                 event_id,
                 recorded,
                 content,
             });
         }
     }
-    if last.is_none() {
+    let Some(end) = last else {
         return Ok(PendingChunk {
             rows,
             last: None,
             full: false,
         });
-    }
+    };
+    let full = any_after(conn, end)?;
     // The mark only moves forward, so an event's rows are never written twice; if it was set back
     // by hand, rows already written are skipped rather than duplicated.
     let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
