@@ -73,37 +73,40 @@ impl TestApp {
         self.sql(&statements.join(" ")).unwrap();
     }
 
-    /// A count read from the app's database directly.
-    fn count(&self, query: &str) -> i64 {
-        use diesel::{sql_types::BigInt, Connection, QueryableByName, RunQueryDsl};
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
+    /// Rows read from the app's database directly.
+    fn rows<U>(&self, query: &str) -> Vec<U>
+    where
+        U: diesel::QueryableByName<diesel::sqlite::Sqlite>
+            + diesel::QueryableByName<diesel::pg::Pg>
+            + 'static,
+    {
+        use diesel::{Connection, RunQueryDsl};
         let q = diesel::sql_query(query);
-        let rows: Vec<N> = match self.db_url.strip_prefix("sqlite://") {
+        match self.db_url.strip_prefix("sqlite://") {
             Some(path) => q.load(&mut diesel::SqliteConnection::establish(path).unwrap()),
             None => q.load(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
         }
-        .unwrap();
-        rows[0].n
+        .unwrap()
+    }
+
+    /// A count read from the app's database directly.
+    fn count(&self, query: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        self.rows::<N>(query)[0].n
     }
 
     /// The events of the log's block ending at `seq`, as stored.
     fn block_events(&self, seq: i64) -> Vec<String> {
-        use diesel::{sql_types::Binary, Connection, QueryableByName, RunQueryDsl};
-        #[derive(QueryableByName)]
+        #[derive(diesel::QueryableByName)]
         struct B {
-            #[diesel(sql_type = Binary)]
+            #[diesel(sql_type = diesel::sql_types::Binary)]
             body: Vec<u8>,
         }
-        let q = diesel::sql_query(format!("SELECT body FROM audit_block WHERE seq = {seq}"));
-        let rows: Vec<B> = match self.db_url.strip_prefix("sqlite://") {
-            Some(path) => q.load(&mut diesel::SqliteConnection::establish(path).unwrap()),
-            None => q.load(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
-        }
-        .unwrap();
+        let rows: Vec<B> = self.rows(&format!("SELECT body FROM audit_block WHERE seq = {seq}"));
         cairn::audit::block::unpack(&rows[0].body).unwrap()
     }
 
@@ -557,25 +560,17 @@ fn an_event_edited_in_a_batch_is_named(app: &TestApp) {
             });
         }
     });
-    let (seq, n) = {
-        use diesel::{sql_types::BigInt, Connection, QueryableByName, RunQueryDsl};
-        #[derive(QueryableByName)]
-        struct B {
-            #[diesel(sql_type = BigInt)]
-            seq: i64,
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let q = diesel::sql_query(
-            "SELECT seq, CAST(events AS BIGINT) AS n FROM audit_block ORDER BY events DESC, seq LIMIT 1",
-        );
-        let rows: Vec<B> = match app.db_url.strip_prefix("sqlite://") {
-            Some(path) => q.load(&mut diesel::SqliteConnection::establish(path).unwrap()),
-            None => q.load(&mut diesel::PgConnection::establish(&app.db_url).unwrap()),
-        }
-        .unwrap();
-        (rows[0].seq, rows[0].n)
-    };
+    #[derive(diesel::QueryableByName)]
+    struct Largest {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let largest: Vec<Largest> = app.rows(
+        "SELECT seq, CAST(events AS BIGINT) AS n FROM audit_block ORDER BY events DESC, seq LIMIT 1",
+    );
+    let (seq, n) = (largest[0].seq, largest[0].n);
     assert!(n > 1, "160 concurrent reads were logged one block each");
     let (ok, text) = app.verify();
     assert!(ok, "{text}");
