@@ -770,8 +770,35 @@ fn hostile_input_is_audited_without_failing(app: &TestApp) {
     assert!(failures.len() >= 4, "{failures:?}");
 }
 
+/// Reads are committed in batches linked from the head the committer last saw; a write appends
+/// in its own transaction meanwhile, so the next batch's head is stale and the chain must still
+/// hold, every record in it.
+fn reads_around_writes_keep_one_chain(app: &TestApp) {
+    let before = app.logged();
+    let mut requests = 0;
+    for i in 0..6 {
+        let p =
+            app.create(&json!({"resourceType": "Patient", "name": [{"family": format!("R{i}")}]}));
+        let path = format!("Patient/{}", p["id"].as_str().unwrap());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        assert_eq!(app.get(&path).status, 200);
+                    }
+                });
+            }
+        });
+        requests += 1 + 4 * 5;
+    }
+    assert_eq!(app.logged() - before, requests);
+    let (ok, text) = app.verify();
+    assert!(ok, "{text}");
+}
+
 on_both_backends!(
     every_interaction_is_audited_once,
+    reads_around_writes_keep_one_chain,
     audit_events_are_read_only_and_need_an_audit_scope,
     audit_search_parameters,
     no_payload_and_no_token_in_the_trail,
@@ -827,6 +854,46 @@ fn two_instances_keep_one_verifiable_chain() {
     );
     drop((a, b));
     drop_database(pg);
+}
+
+/// PostgreSQL: a block linked by its caller from a head that is no longer the head is linked by
+/// the database instead; the caller's chain hash is not used.
+#[test]
+fn a_stale_head_is_linked_by_the_database() {
+    use sha2::{Digest, Sha256};
+    let Some(app) = common::spawn_app(common::Backend::Postgres) else {
+        eprintln!("CAIRN_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    app.create(&json!({"resourceType": "Patient"}));
+    #[derive(diesel::QueryableByName)]
+    struct H {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        seq: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        chain_hash: String,
+    }
+    let head = |q: &str| -> H { app.rows::<H>(q).pop().unwrap() };
+    let last = head("SELECT seq, chain_hash FROM audit_block ORDER BY seq DESC LIMIT 1");
+    let event = "e".repeat(64);
+    let appended = head(&format!(
+        "SELECT (r).new_seq AS seq, (r).new_hash AS chain_hash FROM \
+         (SELECT cairn_audit_append_linked(ARRAY['ev-1'], ARRAY['{event}'], 0, '\\x00'::bytea, \
+          {}, '{}', 'not-the-link') AS r) x",
+        last.seq - 1,
+        last.chain_hash
+    ));
+    let seq = last.seq + 1;
+    let expected = format!(
+        "{:x}",
+        Sha256::digest(format!("{}|{seq}|ev-1|{event}", last.chain_hash))
+    );
+    assert_eq!(
+        (appended.seq, appended.chain_hash.as_str()),
+        (seq, expected.as_str())
+    );
+    let stored = head("SELECT seq, chain_hash FROM audit_block ORDER BY seq DESC LIMIT 1");
+    assert_eq!((stored.seq, stored.chain_hash), (seq, expected));
 }
 
 /// kill -9 of a server under load loses no response it sent: every 2xx the client got has its

@@ -50,40 +50,58 @@ impl Sealed {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// The head of the chain once these events are linked onto `after`.
+    fn link(&self, after: &Head) -> Head {
+        let (mut seq, mut prev) = (after.seq, after.chain_hash.clone());
+        for (id, hash) in self.ids.iter().zip(&self.hashes) {
+            seq += 1;
+            prev = chain_hash(&prev, seq, id, hash);
+        }
+        Head {
+            seq,
+            chain_hash: prev,
+        }
+    }
 }
 
 /// Appends the sealed events to the chain, as one block. On SQLite the caller's write transaction
-/// holds the chain. On PostgreSQL one statement locks the chain for the transaction it runs in,
-/// links and inserts: called outside a transaction, it is a commit of its own.
-pub fn append(conn: &mut DbConn, sealed: &Sealed) -> FhirResult<()> {
+/// holds the chain, and the links are worked out from the head read in it. On PostgreSQL one
+/// statement locks the chain for the transaction it runs in and inserts: called outside a
+/// transaction, it is a commit of its own. There `known` is the head the caller last saw: the
+/// links are worked out from it here, and the statement uses them only if the head is still that
+/// one (else it links the events itself). `known` then holds the new head, or None after an error.
+pub fn append(conn: &mut DbConn, sealed: &Sealed, known: &mut Option<Head>) -> FhirResult<()> {
     if sealed.is_empty() {
         return Ok(());
     }
     if let DbConn::Postgres(pg) = conn {
-        return table::append_pg(
+        let linked = known.take().map(|after| {
+            let new = sealed.link(&after);
+            (after, new.chain_hash)
+        });
+        *known = Some(table::append_pg(
             pg,
             &sealed.ids,
             &sealed.hashes,
             sealed.recorded,
             &sealed.body,
-        );
+            linked.as_ref().map(|(after, hash)| (after, hash.as_str())),
+        )?);
+        return Ok(());
     }
-    let head: Option<Head> = table::head(conn)?;
-    let (mut seq, mut prev) = match head {
-        Some(h) => (h.seq, h.chain_hash),
-        None => (0, GENESIS.to_string()),
-    };
-    for (id, hash) in sealed.ids.iter().zip(&sealed.hashes) {
-        seq += 1;
-        prev = chain_hash(&prev, seq, id, hash);
-    }
+    let head = table::head(conn)?.unwrap_or_else(|| Head {
+        seq: 0,
+        chain_hash: GENESIS.to_string(),
+    });
+    let new = sealed.link(&head);
     table::insert(
         conn,
         &Block {
-            seq,
+            seq: new.seq,
             events: sealed.ids.len() as i32,
             hashes: sealed.hashes.concat(),
-            chain_hash: prev,
+            chain_hash: new.chain_hash,
             recorded: sealed.recorded,
             body: sealed.body.clone(),
         },

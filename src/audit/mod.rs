@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::error::{FhirError, FhirResult};
 use crate::rest::Prepared;
-use crate::store::audit::PendingChunk;
+use crate::store::audit::{Head, PendingChunk};
 use crate::store::{DbConn, Pooled, Store};
 
 pub use chain::{export, verify, Verdict};
@@ -146,6 +146,9 @@ impl Auditor {
                 // The connection batches are appended on: one check-out (and its ping) less per
                 // batch.
                 let mut held = None;
+                // The chain's head as of this thread's last append (PostgreSQL links a batch
+                // in Rust from it; a stale one only costs the database the linking).
+                let mut head = None;
                 // Ends when every sender (the server's state) is gone.
                 loop {
                     let first = match rx.recv_timeout(IDLE) {
@@ -194,7 +197,7 @@ impl Auditor {
                     let (events, replies): (Vec<Logged>, Vec<Reply>) = batch.into_iter().unzip();
                     let (n, started) = (events.len(), std::time::Instant::now());
                     crate::metrics::AUDIT_BATCH.observe(n as f64);
-                    let stored = commit(&store, &mut held, events);
+                    let stored = commit(&store, &mut held, &mut head, events);
                     tracing::debug!(
                         events = n,
                         us = started.elapsed().as_micros() as u64,
@@ -241,12 +244,17 @@ impl Auditor {
 
 /// Stores a batch in one transaction, as one block; if that fails, each event alone, so that one
 /// bad event fails only its own request. A panic is an error, never the end of the committer.
-fn commit(store: &Store, held: &mut Option<Pooled>, events: Vec<Logged>) -> Vec<bool> {
+fn commit(
+    store: &Store,
+    held: &mut Option<Pooled>,
+    head: &mut Option<Head>,
+    events: Vec<Logged>,
+) -> Vec<bool> {
     let mut attempt = |events: &[Logged]| -> FhirResult<()> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // Packed before the transaction: the chain's lock is held only to link and insert.
             let sealed = chain::Sealed::new(events);
-            store.append_now(held, |conn| chain::append(conn, &sealed))
+            store.append_now(held, |conn| chain::append(conn, &sealed, head))
         }))
         .unwrap_or_else(|_| {
             *held = None;
@@ -280,7 +288,7 @@ pub fn record_in(conn: &mut DbConn, events: Vec<Logged>) -> FhirResult<()> {
     if events.is_empty() {
         return Ok(());
     }
-    chain::append(conn, &chain::Sealed::new(&events))
+    chain::append(conn, &chain::Sealed::new(&events), &mut None)
 }
 
 /// Writes the resource rows (current, history, search indexes) of the next logged AuditEvents

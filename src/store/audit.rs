@@ -65,25 +65,45 @@ pub fn head(conn: &mut DbConn) -> FhirResult<Option<Head>> {
     )
 }
 
-/// PostgreSQL: appends a block in one statement (`cairn_audit_append`, migration
-/// `2026-12-01-000006_audit_blocks`), which takes the chain's advisory lock for the transaction,
-/// reads the head after it, links the events the way `audit::chain` does and inserts the block.
-/// On its own (autocommit) it is a whole group commit in one round trip.
+diesel::define_sql_function! {
+    /// Migration `2026-12-02-000007_audit_append_linked`: appends a block under the chain's lock,
+    /// with the caller's links if the head is still `after`/`after_hash`, else linking the events
+    /// itself; the new head.
+    fn cairn_audit_append_linked(
+        ids: diesel::sql_types::Array<Text>,
+        hashes: diesel::sql_types::Array<Text>,
+        recorded: BigInt,
+        body: diesel::sql_types::Binary,
+        after: diesel::sql_types::Nullable<BigInt>,
+        after_hash: diesel::sql_types::Nullable<Text>,
+        linked: diesel::sql_types::Nullable<Text>,
+    ) -> diesel::sql_types::Record<(BigInt, Text)>;
+}
+
+/// PostgreSQL: appends a block in one statement (`cairn_audit_append_linked`), which takes the
+/// chain's advisory lock for the transaction and reads the head after it. `linked` is the head the
+/// caller linked the events onto, with the chain hash after them: used if that is still the head;
+/// otherwise the function links them the way `audit::chain` does. On its own (autocommit) it is a
+/// whole group commit in one round trip, and a prepared statement. Returns the new head.
 pub fn append_pg(
     pg: &mut diesel::PgConnection,
     ids: &[String],
     hashes: &[String],
     recorded: i64,
     body: &[u8],
-) -> FhirResult<()> {
-    use diesel::sql_types::{Array, Binary};
-    diesel::sql_query("SELECT cairn_audit_append($1, $2, $3, $4)")
-        .bind::<Array<Text>, _>(ids)
-        .bind::<Array<Text>, _>(hashes)
-        .bind::<BigInt, _>(recorded)
-        .bind::<Binary, _>(body)
-        .execute(pg)?;
-    Ok(())
+    linked: Option<(&Head, &str)>,
+) -> FhirResult<Head> {
+    let (seq, chain_hash) = diesel::select(cairn_audit_append_linked(
+        ids,
+        hashes,
+        recorded,
+        body,
+        linked.map(|(after, _)| after.seq),
+        linked.map(|(after, _)| after.chain_hash.as_str()),
+        linked.map(|(_, hash)| hash),
+    ))
+    .get_result::<(i64, String)>(pg)?;
+    Ok(Head { seq, chain_hash })
 }
 
 /// Appends a block: one row, whatever the number of events.
