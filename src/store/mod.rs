@@ -62,9 +62,18 @@ impl std::str::FromStr for DatabaseUrl {
                 target: path.to_string(),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // GSSAPI-encrypted connections only when asked for: libpq's default (`prefer`) loads
+            // Kerberos on every connect, and Kerberos's exit handler then aborts a process whose
+            // threads still hold connections as it exits (seen in test processes).
+            let target = if url.contains("gssencmode=") {
+                url.to_string()
+            } else {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}gssencmode=disable")
+            };
             Ok(DatabaseUrl {
                 backend: Backend::Postgres,
-                target: url.to_string(),
+                target,
             })
         } else {
             Err("must start with sqlite:// or postgres://".into())
@@ -543,7 +552,17 @@ mod tests {
             (Backend::Sqlite, "/tmp/x/cairn.sqlite")
         );
         let p: DatabaseUrl = "postgres://u@h/db".parse().unwrap();
-        assert_eq!(p.backend, Backend::Postgres);
+        assert_eq!(
+            (p.backend, p.target.as_str()),
+            (Backend::Postgres, "postgres://u@h/db?gssencmode=disable")
+        );
+        let p: DatabaseUrl = "postgres://u@h/db?sslmode=require".parse().unwrap();
+        assert_eq!(
+            p.target,
+            "postgres://u@h/db?sslmode=require&gssencmode=disable"
+        );
+        let p: DatabaseUrl = "postgres://u@h/db?gssencmode=require".parse().unwrap();
+        assert_eq!(p.target, "postgres://u@h/db?gssencmode=require");
         assert!("mysql://x".parse::<DatabaseUrl>().is_err());
         assert!("sqlite://".parse::<DatabaseUrl>().is_err());
     }
