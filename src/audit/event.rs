@@ -7,6 +7,8 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::LazyLock;
 
 use super::Logged;
 use crate::auth::Access;
@@ -20,6 +22,15 @@ const INTERACTION: &str = "http://hl7.org/fhir/restful-interaction";
 const SOURCE_TYPE: &str = "http://terminology.hl7.org/CodeSystem/security-source-type";
 const PARTICIPATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
 const ROLE_CLASS: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleClass";
+
+/// A `Coding` of constant text, serialized on first use into a `static` of its own.
+macro_rules! coding {
+    ($system:expr, $code:expr, $display:expr) => {{
+        static JSON: LazyLock<Box<RawValue>> =
+            LazyLock::new(|| Coding::render($system, $code, $display));
+        Coding(&JSON)
+    }};
+}
 
 /// The FHIR RESTful interactions (http://hl7.org/fhir/restful-interaction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +53,24 @@ pub enum Interaction {
 }
 
 impl Interaction {
+    const ALL: [Interaction; 15] = [
+        Interaction::Read,
+        Interaction::Vread,
+        Interaction::Update,
+        Interaction::Patch,
+        Interaction::Delete,
+        Interaction::HistoryInstance,
+        Interaction::HistoryType,
+        Interaction::HistorySystem,
+        Interaction::Create,
+        Interaction::SearchType,
+        Interaction::SearchSystem,
+        Interaction::Capabilities,
+        Interaction::Transaction,
+        Interaction::Batch,
+        Interaction::Operation,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Interaction::Read => "read",
@@ -212,22 +241,23 @@ impl AuditSeed {
             400..=499 => ("4", Some(format!("HTTP {status}"))),
             _ => ("8", Some(format!("HTTP {status}"))),
         };
-        let code = self.interaction.code();
         let (ty, subtype, action) = if self.login {
             (
-                Coding::new(DCM, "110114", "User Authentication"),
-                Coding::new(DCM, "110122", "Login"),
+                coding!(DCM, "110114", "User Authentication"),
+                coding!(DCM, "110122", "Login"),
                 "E",
             )
         } else {
             (
-                Coding::new(EVENT_TYPE, "rest", "RESTful Operation"),
-                Coding::new(INTERACTION, code, code),
+                coding!(EVENT_TYPE, "rest", "RESTful Operation"),
+                Coding::interaction(self.interaction),
                 self.interaction.action(),
             )
         };
         let mut agent = vec![AgentJson {
-            ty: Concept::of(DCM, "110153", "Source Role ID"),
+            ty: Concept {
+                coding: [coding!(DCM, "110153", "Source Role ID")],
+            },
             who: match &self.client {
                 Client::Unauthenticated => Who::Display("unauthenticated"),
                 Client::Anonymous => Who::Display("anonymous (authorization disabled)"),
@@ -244,7 +274,9 @@ impl AuditSeed {
         }];
         if let Some(user) = &self.fhir_user {
             agent.push(AgentJson {
-                ty: Concept::of(PARTICIPATION, "IRCP", "information recipient"),
+                ty: Concept {
+                    coding: [coding!(PARTICIPATION, "IRCP", "information recipient")],
+                },
                 who: Who::Reference(user),
                 requestor: true,
                 network: None,
@@ -252,7 +284,9 @@ impl AuditSeed {
         }
         if let Some(p) = &self.patient {
             agent.push(AgentJson {
-                ty: Concept::of(ROLE_CLASS, "PAT", "patient"),
+                ty: Concept {
+                    coding: [coding!(ROLE_CLASS, "PAT", "patient")],
+                },
                 who: Who::Reference(p),
                 requestor: false,
                 network: None,
@@ -281,7 +315,7 @@ impl AuditSeed {
                         value: &self.base_url,
                     },
                 },
-                ty: [Coding::new(SOURCE_TYPE, "4", "Application Server")],
+                ty: [coding!(SOURCE_TYPE, "4", "Application Server")],
             },
             entity: &entities,
         };
@@ -316,17 +350,27 @@ impl Serialize for Entity {
         let (what, ty, role, query) = match self {
             Entity::Resource(r) => (
                 Some(r),
-                ("2", "System Object"),
-                ("4", "Domain Resource"),
+                coding!(ENTITY_TYPE, "2", "System Object"),
+                coding!(OBJECT_ROLE, "4", "Domain Resource"),
                 None,
             ),
-            Entity::Patient(r) => (Some(r), ("1", "Person"), ("1", "Patient"), None),
-            Entity::Query(q) => (None, ("2", "System Object"), ("24", "Query"), Some(q)),
+            Entity::Patient(r) => (
+                Some(r),
+                coding!(ENTITY_TYPE, "1", "Person"),
+                coding!(OBJECT_ROLE, "1", "Patient"),
+                None,
+            ),
+            Entity::Query(q) => (
+                None,
+                coding!(ENTITY_TYPE, "2", "System Object"),
+                coding!(OBJECT_ROLE, "24", "Query"),
+                Some(q),
+            ),
         };
         EntityJson {
             what: what.map(|reference| Reference { reference }),
-            ty: Coding::new(ENTITY_TYPE, ty.0, ty.1),
-            role: Coding::new(OBJECT_ROLE, role.0, role.1),
+            ty,
+            role,
             query: query.map(String::as_str),
         }
         .serialize(s)
@@ -377,34 +421,45 @@ struct Meta<'a> {
     last_updated: &'a str,
 }
 
+/// A Coding of fixed text, serialized once: every event repeats a few of them, and copying their
+/// JSON costs less than serializing them each time (see `coding!`).
+#[derive(Clone, Copy, Serialize)]
+#[serde(transparent)]
+struct Coding(&'static RawValue);
+
 #[derive(Serialize)]
-struct Coding {
+struct CodingJson {
     system: &'static str,
     code: &'static str,
     display: &'static str,
 }
 
 impl Coding {
-    fn new(system: &'static str, code: &'static str, display: &'static str) -> Coding {
-        Coding {
+    fn render(system: &'static str, code: &'static str, display: &'static str) -> Box<RawValue> {
+        let json = CodingJson {
             system,
             code,
             display,
-        }
+        };
+        serde_json::value::to_raw_value(&json).expect("a Coding of text serializes")
+    }
+
+    /// The subtype of an interaction.
+    fn interaction(i: Interaction) -> Coding {
+        static ALL: LazyLock<Vec<Box<RawValue>>> = LazyLock::new(|| {
+            Interaction::ALL
+                .iter()
+                .map(|i| Coding::render(INTERACTION, i.code(), i.code()))
+                .collect()
+        });
+        let at = Interaction::ALL.iter().position(|x| *x == i);
+        Coding(&ALL[at.expect("every interaction is in ALL")])
     }
 }
 
 #[derive(Serialize)]
 struct Concept {
     coding: [Coding; 1],
-}
-
-impl Concept {
-    fn of(system: &'static str, code: &'static str, display: &'static str) -> Concept {
-        Concept {
-            coding: [Coding::new(system, code, display)],
-        }
-    }
 }
 
 #[derive(Serialize)]
