@@ -74,13 +74,14 @@ impl RateLimits {
 }
 
 impl AppState {
-    /// Takes one request from `key`'s bucket; 429 when it is empty.
-    fn rate_limit(&self, key: String) -> Result<(), FhirError> {
+    /// Takes one request from `key`'s bucket; 429 when it is empty. The key is made only when
+    /// rate limiting is on.
+    fn rate_limit(&self, key: impl FnOnce() -> String) -> Result<(), FhirError> {
         use governor::clock::Clock;
         let Some(limiter) = &self.rate_limiter else {
             return Ok(());
         };
-        limiter.check(key).map_err(|not_until| {
+        limiter.check(key()).map_err(|not_until| {
             crate::metrics::RATE_LIMITED.inc();
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             FhirError::TooManyRequests {
@@ -246,6 +247,9 @@ impl ResponseError for FhirError {
 
 /// The FHIR API routes (mounted under `/fhir`). Order matters: literal segments such as `_history`
 /// are registered before the `{id}` patterns they would otherwise match.
+/// Routes are tried in order, and a pattern with parameters is a regex match: the two-segment
+/// paths that `/{type}/{id}` would also match come first, then read-by-id (the most frequent
+/// request), then the longer paths, which cannot match two segments.
 fn fhir_routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
     cfg.route("", web::get().to(h::search_system))
@@ -270,6 +274,19 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(h::method_not_allowed)),
         )
         .service(
+            web::resource("/QuestionnaireResponse/$extract")
+                .route(web::post().to(h::extract))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
+            web::resource("/{type}/{id}")
+                .route(web::get().to(h::read))
+                .route(web::put().to(h::update))
+                .route(web::patch().to(h::patch))
+                .route(web::delete().to(h::delete))
+                .default_service(web::to(h::method_not_allowed)),
+        )
+        .service(
             web::resource("/{type}/{id}/_history/{vid}")
                 .route(web::get().to(h::vread))
                 .default_service(web::to(h::method_not_allowed)),
@@ -277,11 +294,6 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/{type}/{id}/_history")
                 .route(web::get().to(h::history_instance))
-                .default_service(web::to(h::method_not_allowed)),
-        )
-        .service(
-            web::resource("/QuestionnaireResponse/$extract")
-                .route(web::post().to(h::extract))
                 .default_service(web::to(h::method_not_allowed)),
         )
         .service(
@@ -313,14 +325,6 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/{type}/{id}/{target}")
                 .route(web::get().to(h::search_compartment))
-                .default_service(web::to(h::method_not_allowed)),
-        )
-        .service(
-            web::resource("/{type}/{id}")
-                .route(web::get().to(h::read))
-                .route(web::put().to(h::update))
-                .route(web::patch().to(h::patch))
-                .route(web::delete().to(h::delete))
                 .default_service(web::to(h::method_not_allowed)),
         )
         .service(
@@ -369,27 +373,32 @@ async fn authenticate(
                 return Ok(req.into_response(FhirError::from(e).error_response()));
             }
         };
-        if let Err(e) = st.rate_limit(format!("client:{}", access.who())) {
+        if let Err(e) = st.rate_limit(|| format!("client:{}", access.who())) {
             return Ok(req.into_response(e.error_response()));
         }
-        // Who is calling, on the request's span (and so on every log line of it).
+        // Who is calling, on the request's span (and so on every log line of it), when it is
+        // logged at all.
         let span = tracing::Span::current();
-        span.record("client", access.who());
-        if let Some(u) = &access.fhir_user {
-            span.record("fhir_user", u.as_str());
-        }
-        if let Some(p) = &access.patient {
-            span.record("patient", p.as_str());
+        if !span.is_disabled() {
+            span.record("client", access.who());
+            if let Some(u) = &access.fhir_user {
+                span.record("fhir_user", u.as_str());
+            }
+            if let Some(p) = &access.patient {
+                span.record("patient", p.as_str());
+            }
         }
         req.extensions_mut().insert(access);
     } else if let Some(st) = req.app_data::<web::Data<AppState>>() {
         // No client to name: the caller's address is the key.
-        let key = format!(
-            "addr:{}",
-            req.peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default()
-        );
+        let key = || {
+            format!(
+                "addr:{}",
+                req.peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default()
+            )
+        };
         if let Err(e) = st.rate_limit(key) {
             return Ok(req.into_response(e.error_response()));
         }
