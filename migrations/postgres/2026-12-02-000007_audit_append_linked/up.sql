@@ -1,12 +1,11 @@
 -- Appends a block linked by the caller (src/audit/chain.rs: `Sealed::link`) from the head it last
 -- saw, in one statement: takes the chain's lock, reads the head after it, and if the head is still
 -- `after` / `after_hash`, inserts the block with the caller's chain hash `linked`. Otherwise (a
--- write or another instance appended meanwhile, or the caller knows no head) it links the events
--- itself, exactly as cairn_audit_append does. Either way it returns the new head. The audit
--- committer keeps the head it gets back, so the links of a group commit are worked out in Rust,
--- not in PL/pgSQL, and the statement is prepared once per connection. `audit verify` checks every
--- link whoever computed it. cairn_audit_append stays for instances of the previous release during
--- a rolling upgrade.
+-- write or another instance appended meanwhile, or the caller knows no head) cairn_audit_append
+-- links the events and inserts them, as it did alone before. Either way it returns the new head.
+-- The audit committer keeps the head it gets back, so the links of a group commit are worked out
+-- in Rust rather than in PL/pgSQL, and the statement is prepared once per connection.
+-- `audit verify` checks every link, whoever computed it.
 CREATE FUNCTION cairn_audit_append_linked(ids TEXT[], hashes TEXT[], recorded BIGINT, body BYTEA,
     after BIGINT, after_hash TEXT, linked TEXT, OUT new_seq BIGINT, OUT new_hash TEXT) AS $$
 DECLARE
@@ -25,16 +24,12 @@ BEGIN
     IF linked IS NOT NULL AND after = head_seq AND after_hash = head_hash THEN
         new_seq := head_seq + cardinality(ids);
         new_hash := linked;
+        INSERT INTO audit_block (seq, events, hashes, chain_hash, recorded, body)
+            VALUES (new_seq, cardinality(ids), array_to_string(hashes, ''), new_hash, recorded, body);
     ELSE
-        FOR i IN 1 .. cardinality(ids) LOOP
-            head_seq := head_seq + 1;
-            head_hash := encode(sha256(convert_to(head_hash || '|' || head_seq || '|' || ids[i] || '|'
-                || hashes[i], 'UTF8')), 'hex');
-        END LOOP;
-        new_seq := head_seq;
-        new_hash := head_hash;
+        -- Takes the same lock again (held twice until the transaction ends).
+        new_seq := cairn_audit_append(ids, hashes, recorded, body);
+        SELECT b.chain_hash INTO new_hash FROM audit_block b WHERE b.seq = new_seq;
     END IF;
-    INSERT INTO audit_block (seq, events, hashes, chain_hash, recorded, body)
-        VALUES (new_seq, cardinality(ids), array_to_string(hashes, ''), new_hash, recorded, body);
 END
 $$ LANGUAGE plpgsql;
