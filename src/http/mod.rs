@@ -245,10 +245,9 @@ impl ResponseError for FhirError {
     }
 }
 
-/// The FHIR API routes (mounted under `/fhir`). Order matters: literal segments such as `_history`
-/// are registered before the `{id}` patterns they would otherwise match.
-/// Routes are tried in order, and a pattern with parameters is a regex match: the two-segment
-/// paths that `/{type}/{id}` would also match come first, then read-by-id (the most frequent
+/// The FHIR API routes (mounted under `/fhir`). Routes are tried in order, and each pattern with
+/// parameters is a regex match: the two-segment paths that `/{type}/{id}` would also match (literal
+/// segments such as `_history`) come first, then `/{type}/{id}` (read by id is the most frequent
 /// request), then the longer paths, which cannot match two segments.
 fn fhir_routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
