@@ -53,24 +53,6 @@ pub enum Interaction {
 }
 
 impl Interaction {
-    const ALL: [Interaction; 15] = [
-        Interaction::Read,
-        Interaction::Vread,
-        Interaction::Update,
-        Interaction::Patch,
-        Interaction::Delete,
-        Interaction::HistoryInstance,
-        Interaction::HistoryType,
-        Interaction::HistorySystem,
-        Interaction::Create,
-        Interaction::SearchType,
-        Interaction::SearchSystem,
-        Interaction::Capabilities,
-        Interaction::Transaction,
-        Interaction::Batch,
-        Interaction::Operation,
-    ];
-
     pub fn code(self) -> &'static str {
         match self {
             Interaction::Read => "read",
@@ -444,16 +426,31 @@ impl Coding {
         serde_json::value::to_raw_value(&json).expect("a Coding of text serializes")
     }
 
-    /// The subtype of an interaction.
+    /// The subtype of an interaction (a match, so a new interaction cannot be left out).
     fn interaction(i: Interaction) -> Coding {
-        static ALL: LazyLock<Vec<Box<RawValue>>> = LazyLock::new(|| {
-            Interaction::ALL
-                .iter()
-                .map(|i| Coding::render(INTERACTION, i.code(), i.code()))
-                .collect()
-        });
-        let at = Interaction::ALL.iter().position(|x| *x == i);
-        Coding(&ALL[at.expect("every interaction is in ALL")])
+        use Interaction as I;
+        macro_rules! subtype {
+            ($i:ident) => {
+                coding!(INTERACTION, I::$i.code(), I::$i.code())
+            };
+        }
+        match i {
+            I::Read => subtype!(Read),
+            I::Vread => subtype!(Vread),
+            I::Update => subtype!(Update),
+            I::Patch => subtype!(Patch),
+            I::Delete => subtype!(Delete),
+            I::HistoryInstance => subtype!(HistoryInstance),
+            I::HistoryType => subtype!(HistoryType),
+            I::HistorySystem => subtype!(HistorySystem),
+            I::Create => subtype!(Create),
+            I::SearchType => subtype!(SearchType),
+            I::SearchSystem => subtype!(SearchSystem),
+            I::Capabilities => subtype!(Capabilities),
+            I::Transaction => subtype!(Transaction),
+            I::Batch => subtype!(Batch),
+            I::Operation => subtype!(Operation),
+        }
     }
 }
 
@@ -618,6 +615,15 @@ mod tests {
             STANDARD.encode("Patient?family=x")
         );
         assert!(searched["entity"][0].get("what").is_none());
+        for i in [
+            Interaction::Vread,
+            Interaction::HistoryType,
+            Interaction::Batch,
+        ] {
+            let e = parse(AuditSeed::new(i, None, None, "http://x/fhir").event(200, vec![]));
+            assert_eq!(e["subtype"][0]["code"], i.code());
+            assert_eq!(e["subtype"][0]["display"], i.code());
+        }
         let login = parse(AuditSeed::login("app", None, "http://x/fhir").event(401, vec![]));
         assert_eq!(login["type"]["code"], "110114");
         assert_eq!(login["subtype"][0]["code"], "110122");
