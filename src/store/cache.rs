@@ -18,15 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
-use diesel::{Connection, PgConnection};
+use super::notify::Listener;
 
 use super::VersionRow;
 
 /// The PostgreSQL notification channel of written resources.
 pub const CHANNEL: &str = "cairn_current";
-/// How often the listener looks for notifications (libpq through diesel has no blocking wait).
-const POLL: Duration = Duration::from_millis(1);
+/// How long the listener waits on its socket at a time (a notification ends the wait at once):
+/// the longest it takes to notice that its cache is gone.
+const WAIT: Duration = Duration::from_millis(250);
 /// How often the listener checks that its connection still answers.
 const PING: Duration = Duration::from_secs(1);
 
@@ -263,13 +263,10 @@ fn listener(cache: Weak<ReadCache>, url: String) {
         let Some(work) = super::background_work() else {
             return;
         };
-        let connected = PgConnection::establish(&url)
-            .map_err(|e| e.to_string())
-            .and_then(|mut c| {
-                c.batch_execute(&format!("LISTEN {CHANNEL}"))
-                    .map(|_| c)
-                    .map_err(|e| e.to_string())
-            });
+        let connected = Listener::connect(&url).and_then(|mut c| {
+            c.execute(&format!("LISTEN {CHANNEL}"))?;
+            Ok(c)
+        });
         drop(work);
         let mut conn = match connected {
             Ok(c) => c,
@@ -299,29 +296,26 @@ fn listener(cache: Weak<ReadCache>, url: String) {
             let Some(work) = super::background_work() else {
                 return;
             };
-            let mut broken = None;
-            for n in conn.notifications_iter() {
-                match n {
-                    Ok(n) => c.forget(n.payload.split(' ').filter_map(|k| k.split_once('/'))),
-                    Err(e) => {
-                        broken = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            if broken.is_none() && pinged.elapsed() >= PING {
+            let mut result = Ok(());
+            if pinged.elapsed() >= PING {
                 pinged = Instant::now();
-                if let Err(e) = conn.batch_execute("SELECT 1") {
-                    broken = Some(e.to_string());
-                }
+                result = conn.execute("SELECT 1");
             }
+            // After the ping, which may have read notifications that the wait would not see.
+            let result = result.and_then(|()| conn.take()).map(|payloads| {
+                for p in payloads {
+                    c.forget(p.split(' ').filter_map(|k| k.split_once('/')));
+                }
+            });
             drop(work);
-            if let Some(e) = broken {
-                c.set_live(false);
+            drop(c);
+            // The wait holds neither the cache nor the permission to work.
+            if let Err(e) = result.and_then(|()| conn.wait(WAIT)) {
+                if let Some(c) = cache.upgrade() {
+                    c.set_live(false);
+                }
                 break e;
             }
-            drop(c);
-            std::thread::sleep(POLL);
         };
         tracing::warn!(error = %broken, "the read cache's listener lost its connection; the cache is bypassed until it reconnects");
     }

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod cache;
 pub mod clients;
+mod notify;
 mod schema;
 pub mod search;
 mod sql;
@@ -65,12 +66,17 @@ impl std::str::FromStr for DatabaseUrl {
             // GSSAPI-encrypted connections only when asked for: libpq's default (`prefer`) loads
             // Kerberos on every connect, and Kerberos's exit handler then aborts a process whose
             // threads still hold connections as it exits (seen in test processes).
-            let target = if url.contains("gssencmode=") {
-                url.to_string()
-            } else {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}gssencmode=disable")
-            };
+            let mut target = url.to_string();
+            if !url.contains("gssencmode=") {
+                let sep = if target.contains('?') { '&' } else { '?' };
+                target = format!("{target}{sep}gssencmode=disable");
+            }
+            // No TLS to a server on this host unless asked for: libpq's default (`prefer`)
+            // encrypts a loopback connection, which nobody can listen to but root, at a cost in
+            // CPU on both ends of every statement.
+            if !url.contains("sslmode=") && loopback_host(url) {
+                target.push_str("&sslmode=disable");
+            }
             Ok(DatabaseUrl {
                 backend: Backend::Postgres,
                 target,
@@ -79,6 +85,26 @@ impl std::str::FromStr for DatabaseUrl {
             Err("must start with sqlite:// or postgres://".into())
         }
     }
+}
+
+/// Whether a `postgres://` URL names only this host (`localhost`, `127.0.0.1`, `[::1]`), with no
+/// `host` parameter to override it.
+fn loopback_host(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let (authority, query) = match rest.split_once('?') {
+        Some((a, q)) => (a.split('/').next().unwrap_or_default(), q),
+        None => (rest.split('/').next().unwrap_or_default(), ""),
+    };
+    let hostport = authority.rsplit('@').next().unwrap_or_default();
+    let host = if hostport.starts_with('[') {
+        hostport.split(']').next().map_or("", |h| &h[1..])
+    } else {
+        hostport.split(':').next().unwrap_or_default()
+    };
+    let overridden = query
+        .split('&')
+        .any(|kv| kv.starts_with("host=") || kv.starts_with("hostaddr="));
+    !overridden && matches!(host, "localhost" | "127.0.0.1" | "::1")
 }
 
 impl DatabaseUrl {
@@ -563,6 +589,40 @@ mod tests {
         );
         let p: DatabaseUrl = "postgres://u@h/db?gssencmode=require".parse().unwrap();
         assert_eq!(p.target, "postgres://u@h/db?gssencmode=require");
+        for (url, target) in [
+            (
+                "postgres://u:p@127.0.0.1:5432/db",
+                "postgres://u:p@127.0.0.1:5432/db?gssencmode=disable&sslmode=disable",
+            ),
+            (
+                "postgres://localhost/db?application_name=x",
+                "postgres://localhost/db?application_name=x&gssencmode=disable&sslmode=disable",
+            ),
+            (
+                "postgresql://u@[::1]:5433/db",
+                "postgresql://u@[::1]:5433/db?gssencmode=disable&sslmode=disable",
+            ),
+            // Asked for, another host, or a host parameter: left to libpq.
+            (
+                "postgres://u@127.0.0.1/db?sslmode=require",
+                "postgres://u@127.0.0.1/db?sslmode=require&gssencmode=disable",
+            ),
+            (
+                "postgres://u@127.0.0.2/db",
+                "postgres://u@127.0.0.2/db?gssencmode=disable",
+            ),
+            (
+                "postgres://localhost.example.org/db",
+                "postgres://localhost.example.org/db?gssencmode=disable",
+            ),
+            (
+                "postgres://u@localhost/db?host=db.example.org",
+                "postgres://u@localhost/db?host=db.example.org&gssencmode=disable",
+            ),
+        ] {
+            let p: DatabaseUrl = url.parse().unwrap();
+            assert_eq!(p.target, target, "{url}");
+        }
         assert!("mysql://x".parse::<DatabaseUrl>().is_err());
         assert!("sqlite://".parse::<DatabaseUrl>().is_err());
     }
