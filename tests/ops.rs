@@ -259,6 +259,93 @@ on_both_backends!(mod tiny_pool, |s| {
     s.request_timeout_secs = 0;
 }; an_exhausted_pool_answers_503);
 
+/// A replica whose listener loses its connection (the backend is terminated) never answers from a
+/// cache that missed a notification meanwhile: it bypasses the cache until the listener is back,
+/// and the listener comes back on its own.
+#[test]
+fn a_replica_whose_listener_is_cut_off_still_sees_writes() {
+    use common::process::{database, drop_database, token, Server};
+    use diesel::{Connection, RunQueryDsl};
+    let Some((url, dir, pg)) = database(common::Backend::Postgres) else {
+        eprintln!("CAIRN_TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return;
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let db_url = url.clone();
+    let listeners = move || -> Vec<i32> {
+        let mut c = diesel::PgConnection::establish(&db_url).unwrap();
+        diesel::sql_query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'cairn-cache-listener' ORDER BY pid",
+        )
+        .load::<Pid>(&mut c)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pid)
+        .collect()
+    };
+    let (a, b) = (Server::start(&url, &dir.0), Server::start(&url, &dir.0));
+    let t = token(&url, &dir.0);
+    let auth = format!("Bearer {t}");
+    let version = |base: &str| -> String {
+        let r = ureq::get(&format!("{base}/Patient/cut"))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap();
+        let body: serde_json::Value = r.into_json().unwrap();
+        body["meta"]["versionId"].as_str().unwrap_or("").to_string()
+    };
+    let put = |active: bool| {
+        ureq::put(&format!("{}/Patient/cut", a.base))
+            .set("Authorization", &auth)
+            .set("Content-Type", "application/fhir+json")
+            .send_string(
+                &json!({"resourceType": "Patient", "id": "cut", "active": active}).to_string(),
+            )
+            .unwrap();
+    };
+    let within = |what: &str, done: &dyn Fn() -> bool| {
+        let started = std::time::Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    within("both listeners connected", &|| listeners().len() == 2);
+    let before = listeners();
+    put(true);
+    // Cached in b.
+    assert_eq!(version(&b.base), "1");
+    assert_eq!(version(&b.base), "1");
+    let mut c = diesel::PgConnection::establish(&url).unwrap();
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'cairn-cache-listener'",
+    )
+    .execute(&mut c)
+    .unwrap();
+    // Written while b's listener is gone or reconnecting: its notification reaches nobody in b.
+    put(false);
+    within("b sees version 2", &|| version(&b.base) == "2");
+    within("new listeners connected", &|| {
+        let now = listeners();
+        now.len() == 2 && now.iter().all(|p| !before.contains(p))
+    });
+    // And b's cache, live again, follows the next write.
+    assert_eq!(version(&b.base), "2");
+    put(true);
+    within("b sees version 3", &|| version(&b.base) == "3");
+    drop((a, b));
+    drop_database(pg);
+}
+
 /// Two server processes on one PostgreSQL database (stateless replicas): a write through one is
 /// seen by the other's next reads once its notification arrives, even where the other had the old
 /// version in its read cache.

@@ -257,7 +257,15 @@ pub fn listen(cache: &Arc<ReadCache>, url: String) {
     }
 }
 
-fn listener(cache: Weak<ReadCache>, url: String) {
+/// The listener's `application_name`, unless the URL sets one: operators see the connection for
+/// what it is in `pg_stat_activity`.
+pub const LISTENER_NAME: &str = "cairn-cache-listener";
+
+fn listener(cache: Weak<ReadCache>, mut url: String) {
+    if !url.contains("application_name=") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{sep}application_name={LISTENER_NAME}");
+    }
     let mut failures = 0u32;
     loop {
         let Some(work) = super::background_work() else {
