@@ -29,6 +29,9 @@ impl Listener {
             return Err("libpq could not allocate a connection".into());
         }
         let listener = Listener { conn };
+        // SAFETY: the connection is live; the processor is a plain function that needs no
+        // argument and only reads the message it is given.
+        unsafe { pq_sys::PQsetNoticeProcessor(conn, Some(log_notice), std::ptr::null_mut()) };
         // SAFETY: `conn` is a live connection object.
         if unsafe { pq_sys::PQstatus(conn) } != ConnStatusType::CONNECTION_OK {
             return Err(listener.error());
@@ -112,6 +115,16 @@ impl Listener {
         }
         Ok(out)
     }
+}
+
+/// libpq's notices (and a server's message as it ends the connection) go to the log, not stderr.
+extern "C" fn log_notice(_: *mut std::os::raw::c_void, message: *const std::os::raw::c_char) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: libpq passes a NUL-terminated message, valid for the duration of the call.
+    let message = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    tracing::info!(notice = %message.trim(), "PostgreSQL, on the cache listener's connection");
 }
 
 impl Drop for Listener {
