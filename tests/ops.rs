@@ -309,14 +309,13 @@ fn a_replica_whose_listener_is_cut_off_still_sees_writes() {
             .unwrap();
     };
     let within = |what: &str, done: &dyn Fn() -> bool| {
-        let started = std::time::Instant::now();
-        while !done() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "{what}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        common::eventually(std::time::Duration::from_secs(10), || {
+            if done() {
+                Ok(())
+            } else {
+                Err(format!("not yet: {what}"))
+            }
+        })
     };
     within("both listeners connected", &|| listeners().len() == 2);
     let before = listeners();
@@ -380,18 +379,14 @@ fn replicas_forget_what_the_other_wrote() {
     };
     // b's read of `path` becomes `want` within a few seconds.
     let seen = |path: &str, want: (u16, &str)| {
-        let started = std::time::Instant::now();
-        loop {
+        common::eventually(std::time::Duration::from_secs(5), || {
             let got = send(&b.base, "GET", path, None);
             if (got.0, got.1.as_str()) == want {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{path}: still {got:?}, not {want:?}"))
             }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(5),
-                "{path}: still {got:?}, not {want:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        })
     };
     for i in 0..10 {
         let path = format!("Patient/replica-{i}");

@@ -60,15 +60,12 @@ fn request_spans_are_exported_over_otlp() {
         .spawn()
         .unwrap();
     let root = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
-    for _ in 0..100 {
-        if ureq::get(&format!("{root}/readyz")).call().is_ok() {
-            ready = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ready, "the server did not start");
+    common::eventually(Duration::from_secs(10), || {
+        ureq::get(&format!("{root}/readyz"))
+            .call()
+            .map(drop)
+            .map_err(|e| format!("the server did not start: {e}"))
+    });
     assert_eq!(
         ureq::get(&format!("{root}/fhir/metadata"))
             .call()

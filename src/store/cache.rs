@@ -261,11 +261,8 @@ pub fn listen(cache: &Arc<ReadCache>, url: String) {
 /// what it is in `pg_stat_activity`.
 pub const LISTENER_NAME: &str = "cairn-cache-listener";
 
-fn listener(cache: Weak<ReadCache>, mut url: String) {
-    if !url.contains("application_name=") {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        url = format!("{url}{sep}application_name={LISTENER_NAME}");
-    }
+fn listener(cache: Weak<ReadCache>, url: String) {
+    let url = super::with_param(&url, "application_name", LISTENER_NAME);
     let mut failures = 0u32;
     loop {
         let Some(work) = super::background_work() else {

@@ -66,16 +66,12 @@ impl std::str::FromStr for DatabaseUrl {
             // GSSAPI-encrypted connections only when asked for: libpq's default (`prefer`) loads
             // Kerberos on every connect, and Kerberos's exit handler then aborts a process whose
             // threads still hold connections as it exits (seen in test processes).
-            let mut target = url.to_string();
-            if !url.contains("gssencmode=") {
-                let sep = if target.contains('?') { '&' } else { '?' };
-                target = format!("{target}{sep}gssencmode=disable");
-            }
+            let mut target = with_param(url, "gssencmode", "disable");
             // No TLS to a server on this host unless asked for: libpq's default (`prefer`)
             // encrypts a loopback connection, which nobody can listen to but root, at a cost in
             // CPU on both ends of every statement.
-            if !url.contains("sslmode=") && loopback_host(url) {
-                target.push_str("&sslmode=disable");
+            if loopback_host(url) {
+                target = with_param(&target, "sslmode", "disable");
             }
             Ok(DatabaseUrl {
                 backend: Backend::Postgres,
@@ -85,6 +81,16 @@ impl std::str::FromStr for DatabaseUrl {
             Err("must start with sqlite:// or postgres://".into())
         }
     }
+}
+
+/// `url` with `key=value` added to its query string, unless the query already sets `key`.
+pub(crate) fn with_param(url: &str, key: &str, value: &str) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|kv| kv.split('=').next() == Some(key)) {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={value}")
 }
 
 /// Whether a `postgres://` URL names only this host (`localhost`, `127.0.0.1`, `[::1]`), with no
@@ -601,6 +607,11 @@ mod tests {
             (
                 "postgresql://u@[::1]:5433/db",
                 "postgresql://u@[::1]:5433/db?gssencmode=disable&sslmode=disable",
+            ),
+            // Only the query's own parameters count, not text that looks like one.
+            (
+                "postgres://u:sslmode=x@localhost/db",
+                "postgres://u:sslmode=x@localhost/db?gssencmode=disable&sslmode=disable",
             ),
             // Asked for, another host, or a host parameter: left to libpq.
             (

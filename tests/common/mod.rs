@@ -7,11 +7,25 @@ pub mod process;
 
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use cairn::auth::server::Mint;
 use cairn::config::{AuthArgs, DatabaseArgs, LogFormat, Settings, WriteArgs};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use serde_json::Value;
+
+/// Calls `probe` every 20 ms until it returns `Ok`; once `limit` has passed, panics with its last
+/// `Err`. For what another thread or process does in its own time.
+pub fn eventually<E: std::fmt::Display>(limit: Duration, mut probe: impl FnMut() -> Result<(), E>) {
+    let started = Instant::now();
+    loop {
+        match probe() {
+            Ok(()) => return,
+            Err(e) => assert!(started.elapsed() < limit, "after {limit:?}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

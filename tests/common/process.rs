@@ -2,7 +2,7 @@
 //! run several instances on one database, or drive the CLI.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -33,17 +33,12 @@ impl Server {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}/fhir");
-        let started = Instant::now();
-        while ureq::get(&format!("http://127.0.0.1:{port}/readyz"))
-            .call()
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::eventually(Duration::from_secs(30), || {
+            ureq::get(&format!("http://127.0.0.1:{port}/readyz"))
+                .call()
+                .map(drop)
+                .map_err(|e| format!("server did not start: {e}"))
+        });
         Server { child, base }
     }
 }
