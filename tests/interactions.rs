@@ -793,7 +793,39 @@ fn cached_reads_follow_every_write(app: &TestApp) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// Reads by id are routed ahead of the two-segment routes they overlap (a guarded copy of the
+/// instance route); those routes still get their own requests, escaped spellings included.
+fn overlapping_two_segment_routes_keep_their_handlers(app: &TestApp) {
+    let mut p = patient();
+    p["id"] = json!("a-1");
+    assert_eq!(app.json("PUT", "Patient/a-1", &p, &[]).status, 201);
+    assert_eq!(app.get("Patient/a-1").json()["id"], "a-1");
+    // The same read, spelled with escapes, goes the usual way and finds the same resource.
+    assert_eq!(app.get("Patient/a%2D1").json()["id"], "a-1");
+    let history = app.get("Patient/_history");
+    assert_eq!(history.status, 200, "{}", history.text());
+    assert_eq!(history.json()["type"], "history");
+    assert_eq!(app.get("Patient/%5Fhistory").json()["type"], "history");
+    let search = app.send(
+        "POST",
+        "Patient/_search",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(b"_id=a-1"),
+    );
+    assert_eq!(search.status, 200, "{}", search.text());
+    assert_eq!(search.json()["type"], "searchset");
+    assert_eq!(search.json()["entry"][0]["resource"]["id"], "a-1");
+    app.send("DELETE", "Patient/_history", &[], None)
+        .outcome(405);
+    app.get("Patient/_search").outcome(405);
+    app.get("QuestionnaireResponse/$extract").outcome(405);
+    let smart = app.get(".well-known/smart-configuration");
+    assert_eq!(smart.status, 200, "{}", smart.text());
+    assert!(smart.json()["token_endpoint"].is_string());
+}
+
 on_both_backends!(
+    overlapping_two_segment_routes_keep_their_handlers,
     cached_reads_follow_every_write,
     diff_turns_one_version_into_another,
     patient_everything_holds_the_compartment,

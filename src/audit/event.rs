@@ -301,8 +301,13 @@ impl AuditSeed {
             },
             entity: &entities,
         };
-        // Serializing these types cannot fail: every map key is a string.
-        let content = serde_json::to_string(&event).unwrap_or_default();
+        // Serializing these types cannot fail: every map key is a string. An event is about
+        // 1.5 KB: one allocation rather than doubling from serde_json's 128 bytes.
+        let mut buf = Vec::with_capacity(2048);
+        let content = serde_json::to_writer(&mut buf, &event)
+            .ok()
+            .and_then(|()| String::from_utf8(buf).ok())
+            .unwrap_or_default();
         Logged::new(id, recorded, content)
     }
 }

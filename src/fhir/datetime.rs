@@ -81,14 +81,43 @@ pub fn parse_instant_range(s: &str) -> Option<DateRange> {
 }
 
 /// Renders microseconds since the epoch as a FHIR instant in UTC, with microsecond precision.
+/// Written digit by digit: it stamps every AuditEvent and every version, and `time`'s formatter
+/// interprets a format description on each call.
 pub fn format_instant(us: i64) -> String {
     let t = OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
         .to_offset(UtcOffset::UTC);
-    t.format(format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    ))
-    .unwrap_or_default()
+    let year = match u32::try_from(t.year()) {
+        Ok(y) if y <= 9999 => y,
+        // Not a server time; the general formatter handles the sign and width.
+        _ => {
+            return t
+                .format(format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+                ))
+                .unwrap_or_default()
+        }
+    };
+    fn push(out: &mut String, value: u32, width: u32) {
+        for k in (0..width).rev() {
+            out.push(char::from(b'0' + (value / 10u32.pow(k) % 10) as u8));
+        }
+    }
+    let mut out = String::with_capacity(27);
+    push(&mut out, year, 4);
+    for (sep, value, width) in [
+        ('-', u32::from(u8::from(t.month())), 2),
+        ('-', u32::from(t.day()), 2),
+        ('T', u32::from(t.hour()), 2),
+        (':', u32::from(t.minute()), 2),
+        (':', u32::from(t.second()), 2),
+        ('.', t.microsecond(), 6),
+    ] {
+        out.push(sep);
+        push(&mut out, value, width);
+    }
+    out.push('Z');
+    out
 }
 
 #[cfg(test)]
@@ -115,6 +144,33 @@ mod tests {
         let c = parse_instant_range("2024-03-01T08:00:00.123Z").unwrap();
         assert_eq!(c.end - c.start, 1_000);
         assert_eq!(format_instant(c.start), "2024-03-01T08:00:00.123000Z");
+    }
+
+    #[test]
+    fn instants_are_formatted_as_time_formats_them() {
+        let general = |us: i64| {
+            OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
+                .unwrap()
+                .format(format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+                ))
+                .unwrap()
+        };
+        let mut us: i64 = -62_135_596_800_000_000; // 0001-01-01
+        while us < 253_402_300_799_999_999 {
+            assert_eq!(format_instant(us), general(us), "{us}");
+            us += 987_654_321_012_345;
+        }
+        for us in [
+            0,
+            1,
+            999_999,
+            1_709_280_000_123_000,
+            253_402_300_799_999_999,
+        ] {
+            assert_eq!(format_instant(us), general(us), "{us}");
+        }
+        assert_eq!(format_instant(0), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]

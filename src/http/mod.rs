@@ -96,7 +96,7 @@ impl AppState {
 }
 
 /// The route pattern, method, status and resource type of an answered request, counted.
-fn observe(req: &actix_web::HttpRequest, status: u16, elapsed: std::time::Duration) {
+fn observe(req: &actix_web::HttpRequest, status: StatusCode, elapsed: std::time::Duration) {
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let ty = req
         .path()
@@ -106,7 +106,7 @@ fn observe(req: &actix_web::HttpRequest, status: u16, elapsed: std::time::Durati
         .unwrap_or("");
     let method = req.method().as_str();
     crate::metrics::REQUESTS
-        .with_label_values(&[route.as_str(), method, &status.to_string(), ty])
+        .with_label_values(&[route.as_str(), method, status.as_str(), ty])
         .inc();
     crate::metrics::LATENCY
         .with_label_values(&[route.as_str(), method])
@@ -251,7 +251,18 @@ impl ResponseError for FhirError {
 /// request), then the longer paths, which cannot match two segments.
 fn fhir_routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
-    cfg.route("", web::get().to(h::search_system))
+    let instance = || {
+        web::resource("/{type}/{id}")
+            .route(web::get().to(h::read))
+            .route(web::put().to(h::update))
+            .route(web::patch().to(h::patch))
+            .route(web::delete().to(h::delete))
+            .default_service(web::to(h::method_not_allowed))
+    };
+    // Reads by id are most requests: their resource is tried first, for the paths that none of
+    // the patterns it overlaps could match (`plain_instance_path`), and again at its place.
+    cfg.service(instance().guard(actix_web::guard::fn_guard(plain_instance_path)))
+        .route("", web::get().to(h::search_system))
         .route("/", web::get().to(h::search_system))
         .route("", web::post().to(h::bundle))
         .route("/", web::post().to(h::bundle))
@@ -277,14 +288,7 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(h::extract))
                 .default_service(web::to(h::method_not_allowed)),
         )
-        .service(
-            web::resource("/{type}/{id}")
-                .route(web::get().to(h::read))
-                .route(web::put().to(h::update))
-                .route(web::patch().to(h::patch))
-                .route(web::delete().to(h::delete))
-                .default_service(web::to(h::method_not_allowed)),
-        )
+        .service(instance())
         .service(
             web::resource("/{type}/{id}/_history/{vid}")
                 .route(web::get().to(h::vread))
@@ -337,6 +341,21 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The paths under `/fhir` that need no token (SMART App Launch 2.x: discovery is public).
+/// Whether `/fhir/{type}/{id}` may be routed before the routes it overlaps: `/{type}/_history`,
+/// `/{type}/_search`, `/QuestionnaireResponse/$extract` (each a regex match in actix's router,
+/// which a read would otherwise pay for) and `/.well-known/smart-configuration`. Anything else,
+/// and a path with escapes (the router matches a partly decoded path), keeps the usual order.
+fn plain_instance_path(ctx: &actix_web::guard::GuardContext) -> bool {
+    let path = ctx.head().uri.path();
+    let mut segments = path.rsplit('/');
+    let (Some(id), Some(ty)) = (segments.next(), segments.next()) else {
+        return false;
+    };
+    crate::fhir::is_enabled(ty)
+        && !path.contains('%')
+        && !matches!(id, "_history" | "_search" | "$extract")
+}
+
 const OPEN_PATHS: &[&str] = &["/fhir/metadata", "/fhir/.well-known/smart-configuration"];
 
 /// Authenticates every FHIR request (except `OPEN_PATHS`) before routing, so that nothing about
@@ -530,7 +549,7 @@ impl Application {
                                 .insert(HeaderName::from_static("x-request-id"), v);
                         }
                         let elapsed = started.elapsed();
-                        observe(res.request(), res.status().as_u16(), elapsed);
+                        observe(res.request(), res.status(), elapsed);
                         tracing::info!(
                             status = res.status().as_u16(),
                             ms = elapsed.as_millis() as u64,
