@@ -371,10 +371,12 @@ async fn authenticate(
             .app_data::<web::Data<AppState>>()
             .cloned()
             .ok_or_else(|| FhirError::Internal("no application state".into()))?;
+        // UTF-8 checked a word at a time (`HeaderValue::to_str` tests a token's every byte for
+        // visible ASCII); a token that is not ASCII is refused as invalid by the validator.
         let header = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .map(str::to_string);
         let access = match st.auth.authenticate(header.as_deref()).await {
             Ok(a) => a,
