@@ -246,9 +246,10 @@ impl ResponseError for FhirError {
 }
 
 /// The FHIR API routes (mounted under `/fhir`). Routes are tried in order, and each pattern with
-/// parameters is a regex match: the two-segment paths that `/{type}/{id}` would also match (literal
-/// segments such as `_history`) come first, then `/{type}/{id}` (read by id is the most frequent
-/// request), then the longer paths, which cannot match two segments.
+/// parameters is a regex match. Read by id is the most frequent request, so `/{type}/{id}` comes
+/// first for the paths `plain_instance_path` lets through; otherwise the two-segment paths that it
+/// would also match (literal segments such as `_history`) come first, then `/{type}/{id}`, then the
+/// longer paths, which cannot match two segments.
 fn fhir_routes(cfg: &mut web::ServiceConfig) {
     use handlers as h;
     let instance = || {
@@ -259,8 +260,8 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(h::delete))
             .default_service(web::to(h::method_not_allowed))
     };
-    // Reads by id are most requests: their resource is tried first, for the paths that none of
-    // the patterns it overlaps could match (`plain_instance_path`), and again at its place.
+    // Tried first for the paths that none of the routes it overlaps could match
+    // (`plain_instance_path`), and again at its place for every other path.
     cfg.service(instance().guard(actix_web::guard::fn_guard(plain_instance_path)))
         .route("", web::get().to(h::search_system))
         .route("/", web::get().to(h::search_system))
@@ -340,7 +341,6 @@ fn fhir_routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// The paths under `/fhir` that need no token (SMART App Launch 2.x: discovery is public).
 /// Whether `/fhir/{type}/{id}` may be routed before the routes it overlaps: `/{type}/_history`,
 /// `/{type}/_search`, `/QuestionnaireResponse/$extract` (each a regex match in actix's router,
 /// which a read would otherwise pay for) and `/.well-known/smart-configuration`. Anything else,
@@ -356,6 +356,7 @@ fn plain_instance_path(ctx: &actix_web::guard::GuardContext) -> bool {
         && !matches!(id, "_history" | "_search" | "$extract")
 }
 
+/// The paths under `/fhir` that need no token (SMART App Launch 2.x: discovery is public).
 const OPEN_PATHS: &[&str] = &["/fhir/metadata", "/fhir/.well-known/smart-configuration"];
 
 /// Authenticates every FHIR request (except `OPEN_PATHS`) before routing, so that nothing about
