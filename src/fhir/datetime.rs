@@ -80,6 +80,10 @@ pub fn parse_instant_range(s: &str) -> Option<DateRange> {
     }
 }
 
+/// A FHIR instant in UTC with microsecond precision, as `format_instant` writes it.
+const INSTANT: &[time::format_description::BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
 /// Renders microseconds since the epoch as a FHIR instant in UTC, with microsecond precision.
 /// Written digit by digit: it stamps every AuditEvent and every version, and `time`'s formatter
 /// interprets a format description on each call.
@@ -90,13 +94,7 @@ pub fn format_instant(us: i64) -> String {
     let year = match u32::try_from(t.year()) {
         Ok(y) if y <= 9999 => y,
         // Not a server time; the general formatter handles the sign and width.
-        _ => {
-            return t
-                .format(format_description!(
-                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-                ))
-                .unwrap_or_default()
-        }
+        _ => return t.format(INSTANT).unwrap_or_default(),
     };
     fn push(out: &mut String, value: u32, width: u32) {
         for k in (0..width).rev() {
@@ -151,9 +149,7 @@ mod tests {
         let general = |us: i64| {
             OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
                 .unwrap()
-                .format(format_description!(
-                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-                ))
+                .format(INSTANT)
                 .unwrap()
         };
         let mut us: i64 = -62_135_596_800_000_000; // 0001-01-01
