@@ -382,9 +382,12 @@ impl Auth {
     }
 
     /// The caller of a request with this `Authorization` header value.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Access, AuthError> {
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<std::sync::Arc<Access>, AuthError> {
         if !self.enabled {
-            return Ok(Access::unrestricted());
+            return Ok(std::sync::Arc::new(Access::unrestricted()));
         }
         let header = authorization.ok_or(AuthError::Missing)?.trim();
         let (scheme, token) = header.split_once(' ').ok_or(AuthError::Missing)?;

@@ -240,7 +240,8 @@ pub struct TokenCache {
 
 #[derive(Clone)]
 struct Verified {
-    access: Access,
+    /// Shared with every request that presents the token: a reference count, not a copy.
+    access: std::sync::Arc<Access>,
     exp: i64,
     /// For an external provider's token: the key that verified it.
     external_key: Option<(Option<String>, Algorithm)>,
@@ -356,7 +357,7 @@ pub fn validation(alg: Algorithm, issuer: &str, audience: &str, leeway: u64) -> 
 
 impl Validator {
     /// Validates a Bearer token; on success, who is calling and with which scopes.
-    pub async fn validate(&self, token: &str) -> Result<Access, AuthError> {
+    pub async fn validate(&self, token: &str) -> Result<std::sync::Arc<Access>, AuthError> {
         use sha2::{Digest, Sha256};
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(v) = self.cache.get(&key, self.leeway) {
@@ -377,6 +378,7 @@ impl Validator {
             self.cache.forget(&key);
         }
         let (access, exp, external_key) = self.verify(token).await?;
+        let access = std::sync::Arc::new(access);
         self.cache.put(
             key,
             Verified {

@@ -2,6 +2,7 @@
 //! answer. All FHIR behaviour lives in `rest`.
 
 use std::future::{ready, Ready};
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
@@ -23,7 +24,7 @@ use crate::rest::{
 type Reply = Result<HttpResponse, FhirError>;
 
 /// The authenticated caller, put in the request by the `authenticate` middleware.
-pub struct Caller(pub Access);
+pub struct Caller(pub Arc<Access>);
 
 impl FromRequest for Caller {
     type Error = FhirError;
@@ -32,7 +33,7 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(
             req.extensions()
-                .get::<Access>()
+                .get::<Arc<Access>>()
                 .cloned()
                 .map(Caller)
                 .ok_or_else(|| FhirError::Unauthorized {

@@ -162,7 +162,7 @@ async fn record_audit(
     if note.as_ref().is_some_and(|n| n.recorded) {
         return Ok(res);
     }
-    let access = res.request().extensions_mut().remove::<Access>();
+    let access = res.request().extensions_mut().remove::<Arc<Access>>();
     let (inferred, target) = audit::infer(res.request().method().as_str(), res.request().path());
     let interaction = note
         .as_ref()
@@ -174,7 +174,7 @@ async fn record_audit(
     };
     let seed = AuditSeed::new(
         interaction,
-        access.as_ref(),
+        access.as_deref(),
         addr.as_deref(),
         &st.engine.base_url,
     );
@@ -377,9 +377,8 @@ async fn authenticate(
         let header = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .map(str::to_string);
-        let access = match st.auth.authenticate(header.as_deref()).await {
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+        let access = match st.auth.authenticate(header).await {
             Ok(a) => a,
             // Answered here, as a response, so the audit layer around still sees the request.
             Err(e) => {
