@@ -123,6 +123,7 @@ fn main() -> Result<(), String> {
         data_dir: std::env::temp_dir().join("cairn-bench-keys"),
         log_format: LogFormat::Pretty,
         max_body_size: 64 << 20,
+        workers: 0,
         pool_size: 16,
         pool_timeout_secs: 30,
         read_cache_mb: 64,

@@ -119,6 +119,7 @@ fn main() -> Result<(), String> {
         data_dir: std::env::temp_dir().join("cairn-bench-keys"),
         log_format: LogFormat::Pretty,
         max_body_size: 16 << 20,
+        workers: 0,
         pool_size: 16,
         pool_timeout_secs: 10,
         read_cache_mb: 64,

@@ -176,6 +176,11 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
     pub max_body_size: u64,
 
+    /// HTTP worker threads (0: one per CPU core)
+    #[arg(long, env = "CAIRN_WORKERS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub workers: u16,
+
     /// Database connections in the pool
     #[arg(long, env = "CAIRN_POOL_SIZE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -580,6 +580,10 @@ impl Application {
                 .default_service(web::to(handlers::not_found))
         })
         .shutdown_timeout(5)
+        .workers(match settings.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        })
         .listen(listener)
         .map_err(|e| format!("cannot serve: {e}"))?
         .run();

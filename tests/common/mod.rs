@@ -81,6 +81,7 @@ pub fn settings(url: &str, data_dir: PathBuf) -> Settings {
         data_dir,
         log_format: LogFormat::Pretty,
         max_body_size: 4 * 1024 * 1024,
+        workers: 0,
         pool_size: 8,
         pool_timeout_secs: 2,
         read_cache_mb: 64,
