@@ -1,4 +1,4 @@
-# Build: the release binary (fhirbolt stays in crates/cairn-fhir, compiled at opt-level 1).
+# Build: the release binary (thin LTO; fhirbolt stays in crates/cairn-fhir, compiled at opt-level 1).
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
