@@ -321,6 +321,21 @@ mod tests {
         auth: AuthArgs,
     }
 
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_are_bounded() {
+        let workers = |args: &[&str]| Serve::try_parse_from(args).map(|s| s.settings.workers);
+        assert_eq!(workers(&["cairn"]).unwrap(), 0);
+        assert_eq!(workers(&["cairn", "--workers", "3"]).unwrap(), 3);
+        assert!(workers(&["cairn", "--workers", "5000"]).is_err());
+        assert!(workers(&["cairn", "--workers", "-1"]).is_err());
+    }
+
     #[test]
     fn auth_defaults_are_the_flags_defaults() {
         let parsed = Only::try_parse_from(["cairn"]).unwrap().auth;
