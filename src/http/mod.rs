@@ -527,7 +527,7 @@ impl Application {
                 Arc::new(RateLimits::new(rate, burst))
             }),
         });
-        let server = HttpServer::new(move || {
+        let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap_fn(|req, srv| {
@@ -579,14 +579,15 @@ impl Application {
                 )
                 .default_service(web::to(handlers::not_found))
         })
-        .shutdown_timeout(5)
-        .workers(match settings.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n as usize,
-        })
-        .listen(listener)
-        .map_err(|e| format!("cannot serve: {e}"))?
-        .run();
+        .shutdown_timeout(5);
+        // 0 keeps actix's own default: one worker per CPU core.
+        if settings.workers > 0 {
+            server = server.workers(settings.workers.into());
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|e| format!("cannot serve: {e}"))?
+            .run();
         Ok(Application { port, server })
     }
 
