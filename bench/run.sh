@@ -12,8 +12,9 @@
 #   - RSS at idle and at the end of the read load; cold start to ready on an existing database.
 # Load runs use wrk (apt-get install wrk): 2 threads, 64 connections. Every rate is printed as a
 # ratio to the ceiling measured in the same run. The ceiling and the read are measured in turn,
-# ROUNDS times (default 3), and their medians are reported: one run of each swings by 10-20% on a
-# shared machine. Cairn is paused (SIGSTOP) while the ceiling runs, so that its background work
+# ROUNDS times (default 3), and their medians are reported; the read's ratio is the median of the
+# rounds' ratios (each a ceiling and a read back to back): one run of each swings by 10-20% on a
+# shared machine, and the machine itself speeds up and slows down over minutes. Cairn is paused (SIGSTOP) while the ceiling runs, so that its background work
 # (AuditEvent rows written from the log after a read load) does not take the ceiling's CPU.
 # Results go to stdout as a Markdown table; the rounds go to stderr.
 set -euo pipefail
@@ -33,6 +34,16 @@ while True:
         time.sleep(0.005)
 print(f"{time.time() - start:.3f}")
 PY
+}
+# wrk, refusing a run that got any status other than 2xx or 3xx: a rate of 401s is not a read.
+load() {
+  local out
+  out=$(wrk "$@")
+  if grep -q 'Non-2xx or 3xx responses' <<<"$out"; then
+    printf 'bench: error responses from wrk %s:\n%s\n' "$*" "$out" >&2
+    return 1
+  fi
+  printf '%s\n' "$out"
 }
 rps() { awk '/Requests\/sec/ {print $2}'; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
@@ -89,29 +100,32 @@ PY
   sleep 2
   rss_idle=$(rss_mb $pid)
   # The ceiling, on the same machine, in the same run, in turn with the read.
-  local sport spid round ceilings=() reads=()
+  local sport spid round ceilings=() reads=() ratios=()
   sport=$(free_port)
   "$bin" static-ceiling --listen "127.0.0.1:$sport" --bytes "$body_bytes" >/dev/null 2>&1 & spid=$!
   sleep 0.5
-  wrk -t2 -c64 -d2s -H "$auth" "$base/Patient/bench" >/dev/null
+  load -t2 -c64 -d2s -H "$auth" "$base/Patient/bench" >/dev/null
   for round in $(seq "$rounds"); do
     kill -STOP $pid
-    wrk -t2 -c64 -d2s "http://127.0.0.1:$sport/" >/dev/null
-    ceilings+=("$(wrk -t2 -c64 -d"${secs}s" "http://127.0.0.1:$sport/" | rps)")
+    load -t2 -c64 -d2s "http://127.0.0.1:$sport/" >/dev/null
+    ceilings+=("$(load -t2 -c64 -d"${secs}s" "http://127.0.0.1:$sport/" | rps)")
     kill -CONT $pid
-    wrk -t2 -c64 -d1s -H "$auth" "$base/Patient/bench" >/dev/null
-    reads+=("$(wrk -t2 -c64 -d"${secs}s" -H "$auth" "$base/Patient/bench" | rps)")
-    echo "$backend round $round: ceiling ${ceilings[-1]} req/s, read ${reads[-1]} req/s, ratio $(ratio "${reads[-1]}" "${ceilings[-1]}")" >&2
+    load -t2 -c64 -d1s -H "$auth" "$base/Patient/bench" >/dev/null
+    reads+=("$(load -t2 -c64 -d"${secs}s" -H "$auth" "$base/Patient/bench" | rps)")
+    ratios+=("$(ratio "${reads[-1]}" "${ceilings[-1]}")")
+    echo "$backend round $round: ceiling ${ceilings[-1]} req/s, read ${reads[-1]} req/s, ratio ${ratios[-1]}" >&2
   done
   kill $spid; wait $spid 2>/dev/null || true
   ceiling=$(median "${ceilings[@]}"); read=$(median "${reads[@]}")
   rss_load=$(rss_mb $pid)
   printf '| %s | ceiling (static actix, %s B; median of %s) | %.0f req/s | 1.00 |\n' "$backend" "$body_bytes" "$rounds" "$ceiling"
-  printf '| %s | read by id, auth + audit on (median of %s) | %.0f req/s | %s |\n' "$backend" "$rounds" "$read" "$(ratio "$read" "$ceiling")"
+  # The read's ratio is the median of the rounds' own ratios: each pairs a ceiling and a read
+  # measured back to back, so a machine that speeds up or slows down between rounds moves both.
+  printf '| %s | read by id, auth + audit on (median of %s; ratio: median of the rounds'"'"' ratios) | %.0f req/s | %.2f |\n' "$backend" "$rounds" "$read" "$(median "${ratios[@]}")"
   local q name out p50 p99 r
   for q in "Patient?family=Fam37" "Observation?subject:Patient.family=Fam52&code=http://loinc.org|44261-6" \
            "Observation?code=http://loinc.org|44261-6&value-quantity=gt20&_count=20"; do
-    out=$(wrk -t2 -c16 -d"$(( secs / 2 + 1 ))s" --latency -H "$auth" "$base/$q")
+    out=$(load -t2 -c16 -d"$(( secs / 2 + 1 ))s" --latency -H "$auth" "$base/$q")
     p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
     r=$(echo "$out" | rps)
     printf '| %s | search `%s` (16 conn.: p50 %s, p99 %s) | %.0f req/s | %s |\n' "$backend" "$q" "$p50" "$p99" "$r" "$(ratio "$r" "$ceiling")"
