@@ -35,6 +35,16 @@ impl TestApp {
         got.into_iter().next().unwrap()
     }
 
+    /// A direct connection to the app's SQLite database that waits for the server's writes (its
+    /// audit committer works when idle) rather than failing at once with "database is locked".
+    fn sqlite(path: &str) -> diesel::SqliteConnection {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+        conn.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+        conn
+    }
+
     /// Runs SQL on the app's database directly (as an operator, or an attacker, could).
     fn sql(&self, statements: &str) -> Result<(), String> {
         use diesel::connection::SimpleConnection;
@@ -83,7 +93,7 @@ impl TestApp {
         use diesel::{Connection, RunQueryDsl};
         let q = diesel::sql_query(query);
         match self.db_url.strip_prefix("sqlite://") {
-            Some(path) => q.load(&mut diesel::SqliteConnection::establish(path).unwrap()),
+            Some(path) => q.load(&mut Self::sqlite(path)),
             None => q.load(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
         }
         .unwrap()
@@ -118,7 +128,7 @@ impl TestApp {
         let n = match self.db_url.strip_prefix("sqlite://") {
             Some(path) => diesel::sql_query(text.replace("$1", "?"))
                 .bind::<Binary, _>(body)
-                .execute(&mut diesel::SqliteConnection::establish(path).unwrap()),
+                .execute(&mut Self::sqlite(path)),
             None => diesel::sql_query(text)
                 .bind::<Binary, _>(body)
                 .execute(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),

@@ -608,15 +608,17 @@ mod tests {
 
     #[test]
     fn full_buckets_are_pruned() {
-        let limits = RateLimits::new(NonZeroU32::new(1000).unwrap(), NonZeroU32::new(1).unwrap());
+        // One request per bucket, refilled in 100 ms: slow enough that a loaded machine cannot
+        // refill a bucket between two checks, fast enough for the test.
+        let limits = RateLimits::new(NonZeroU32::new(10).unwrap(), NonZeroU32::new(1).unwrap());
         for i in 0..100 {
             assert!(limits.check(format!("10.0.0.{i}")).is_ok());
         }
-        // A second request at once finds its one-request bucket empty.
-        assert!(limits.check("10.0.0.1".into()).is_err());
+        // A second request at once (the last client's) finds its bucket empty.
+        assert!(limits.check("10.0.0.99".into()).is_err());
         assert_eq!(limits.limiter.len(), 100);
-        // Refilled after a millisecond; then a pruning forgets them all.
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Refilled after 100 ms; then a pruning forgets them all.
+        std::thread::sleep(std::time::Duration::from_millis(250));
         limits.prune();
         assert_eq!(limits.limiter.len(), 0);
         assert!(limits.check("10.0.0.1".into()).is_ok());
