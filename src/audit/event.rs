@@ -92,17 +92,25 @@ impl Interaction {
 /// The interaction a request under `/fhir` asks for, and the resource it names (`Type/id`), from
 /// its method and path alone: what failed requests are audited as.
 pub fn infer(method: &str, path: &str) -> (Interaction, Option<String>) {
-    let segs: Vec<&str> = path
-        .trim_start_matches("/fhir")
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    // The first five segments are all the patterns below look at (no allocation: every request
+    // passes here).
+    let mut first = [""; 5];
+    let mut n = 0;
+    for seg in path.trim_start_matches("/fhir").split('/') {
+        if seg.starts_with('$') {
+            return (Interaction::Operation, None);
+        }
+        if !seg.is_empty() {
+            if let Some(slot) = first.get_mut(n) {
+                *slot = seg;
+            }
+            n += 1;
+        }
+    }
+    let segs = &first[..n.min(first.len())];
     let ty = |s: &str| crate::fhir::is_enabled(s);
     use Interaction as I;
-    if segs.iter().any(|s| s.starts_with('$')) {
-        return (I::Operation, None);
-    }
-    let result = match (method, segs.as_slice()) {
+    let result = match (method, segs) {
         ("GET", []) => (I::SearchSystem, None),
         ("POST", []) => (I::Transaction, None),
         ("GET", ["metadata"]) => (I::Capabilities, None),
@@ -236,78 +244,74 @@ impl AuditSeed {
                 self.interaction.action(),
             )
         };
-        let mut agent = vec![AgentJson {
-            ty: Concept {
-                coding: [coding!(DCM, "110153", "Source Role ID")],
-            },
-            who: match &self.client {
-                Client::Unauthenticated => Who::Display("unauthenticated"),
-                Client::Anonymous => Who::Display("anonymous (authorization disabled)"),
-                Client::Id(id) => Who::Identifier(Identifier {
-                    system: "urn:cairn:client-id",
-                    value: id,
-                }),
-            },
-            requestor: true,
-            network: self
-                .address
-                .as_deref()
-                .map(|address| Network { address, ty: "2" }),
-        }];
+        let mut json = Json::with_capacity(2048);
+        json.raw(r#"{"resourceType":"AuditEvent","id":"#);
+        json.str(&id);
+        json.raw(r#","meta":{"versionId":"1","lastUpdated":"#);
+        json.str(&instant);
+        json.raw(r#"},"type":"#);
+        json.raw(ty.json());
+        json.raw(r#","subtype":["#);
+        json.raw(subtype.json());
+        json.raw(r#"],"action":"#);
+        json.str(action);
+        json.raw(r#","recorded":"#);
+        json.str(&instant);
+        json.raw(r#","outcome":"#);
+        json.str(outcome);
+        if let Some(desc) = &outcome_desc {
+            json.raw(r#","outcomeDesc":"#);
+            json.str(desc);
+        }
+        json.raw(r#","agent":["#);
+        let client = match &self.client {
+            Client::Unauthenticated => Who::Display("unauthenticated"),
+            Client::Anonymous => Who::Display("anonymous (authorization disabled)"),
+            Client::Id(id) => Who::Identifier(id),
+        };
+        json.agent(
+            coding!(DCM, "110153", "Source Role ID"),
+            client,
+            true,
+            self.address.as_deref(),
+        );
         if let Some(user) = &self.fhir_user {
-            agent.push(AgentJson {
-                ty: Concept {
-                    coding: [coding!(PARTICIPATION, "IRCP", "information recipient")],
-                },
-                who: Who::Reference(user),
-                requestor: true,
-                network: None,
-            });
+            json.raw(",");
+            json.agent(
+                coding!(PARTICIPATION, "IRCP", "information recipient"),
+                Who::Reference(user),
+                true,
+                None,
+            );
         }
         if let Some(p) = &self.patient {
-            agent.push(AgentJson {
-                ty: Concept {
-                    coding: [coding!(ROLE_CLASS, "PAT", "patient")],
-                },
-                who: Who::Reference(p),
-                requestor: false,
-                network: None,
-            });
+            json.raw(",");
+            json.agent(
+                coding!(ROLE_CLASS, "PAT", "patient"),
+                Who::Reference(p),
+                false,
+                None,
+            );
         }
-        let event = EventJson {
-            resource_type: "AuditEvent",
-            id: &id,
-            meta: Meta {
-                version_id: "1",
-                last_updated: &instant,
-            },
-            ty,
-            subtype: [subtype],
-            action,
-            recorded: &instant,
-            outcome,
-            outcome_desc,
-            agent,
-            source: Source {
-                site: &self.base_url,
-                observer: Observer {
-                    display: "Cairn FHIR server",
-                    identifier: Identifier {
-                        system: "urn:ietf:rfc:3986",
-                        value: &self.base_url,
-                    },
-                },
-                ty: [coding!(SOURCE_TYPE, "4", "Application Server")],
-            },
-            entity: &entities,
-        };
-        // Serializing these types cannot fail: every map key is a string. An event is about
-        // 1.5 KB: one allocation rather than doubling from serde_json's 128 bytes.
-        let mut buf = Vec::with_capacity(2048);
-        let content = serde_json::to_writer(&mut buf, &event)
-            .ok()
-            .and_then(|()| String::from_utf8(buf).ok())
-            .unwrap_or_default();
+        json.raw(r#"],"source":{"site":"#);
+        json.str(&self.base_url);
+        json.raw(concat!(
+            r#","observer":{"display":"Cairn FHIR server","#,
+            r#""identifier":{"system":"urn:ietf:rfc:3986","value":"#
+        ));
+        json.str(&self.base_url);
+        json.raw(r#"}},"type":["#);
+        json.raw(coding!(SOURCE_TYPE, "4", "Application Server").json());
+        json.raw("]}");
+        for (i, entity) in entities.iter().enumerate() {
+            json.raw(if i == 0 { r#","entity":["# } else { "," });
+            json.entity(entity);
+        }
+        if !entities.is_empty() {
+            json.raw("]");
+        }
+        json.raw("}");
+        let content = json.finish();
         Logged::new(id, recorded, content)
     }
 }
@@ -332,9 +336,98 @@ impl Entity {
     }
 }
 
-impl Serialize for Entity {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (what, ty, role, query) = match self {
+/// A resource the interaction touched (`Type/id` or `Type/id/_history/v`).
+pub fn resource_entity(reference: &str) -> Entity {
+    Entity::Resource(reference.to_string())
+}
+
+/// The patient the interaction concerns.
+pub fn patient_entity(id: &str) -> Entity {
+    Entity::Patient(format!("Patient/{id}"))
+}
+
+/// A search's query (base64, as BALP and R4 `entity.query` want), e.g. `Patient?family=x`.
+pub fn query_entity(query: &str) -> Entity {
+    Entity::Query(STANDARD.encode(query))
+}
+
+/// An AuditEvent's JSON, written in one pass: the keys and the constant parts as literal text,
+/// the Codings from their `coding!` statics, and every variable string escaped by serde_json. A
+/// read's event is about 1.5 KB, most of it constant; serializing it through serde's derived
+/// impls escaped each of its 40-odd keys on every request.
+struct Json(String);
+
+/// Who an agent is: a Reference with one of its elements.
+enum Who<'a> {
+    Display(&'static str),
+    /// A client id (`{"identifier": {"system": "urn:cairn:client-id", "value": …}}`).
+    Identifier(&'a str),
+    Reference(&'a str),
+}
+
+impl Json {
+    fn with_capacity(n: usize) -> Json {
+        Json(String::with_capacity(n))
+    }
+
+    /// JSON text as it is.
+    fn raw(&mut self, text: &str) {
+        self.0.push_str(text);
+    }
+
+    /// A JSON string of `value`. Most values (ids, instants, references, URLs) hold nothing that
+    /// JSON escapes, the control characters, `"` and `\`, and are quoted as they are; serde_json
+    /// escapes the others.
+    fn str(&mut self, value: &str) {
+        // A fold rather than `all`: no early exit, so the compiler checks many bytes at a time.
+        let plain = !value.bytes().fold(false, |esc, b| {
+            esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if plain {
+            self.0.push('"');
+            self.0.push_str(value);
+            self.0.push('"');
+        } else {
+            // Serializing a string cannot fail.
+            self.0
+                .push_str(&serde_json::to_string(value).unwrap_or_default());
+        }
+    }
+
+    fn agent(&mut self, role: Coding, who: Who<'_>, requestor: bool, network: Option<&str>) {
+        self.raw(r#"{"type":{"coding":["#);
+        self.raw(role.json());
+        self.raw(r#"]},"who":"#);
+        match who {
+            Who::Display(text) => {
+                self.raw(r#"{"display":"#);
+                self.str(text);
+            }
+            Who::Identifier(id) => {
+                self.raw(r#"{"identifier":{"system":"urn:cairn:client-id","value":"#);
+                self.str(id);
+                self.raw("}");
+            }
+            Who::Reference(reference) => {
+                self.raw(r#"{"reference":"#);
+                self.str(reference);
+            }
+        }
+        self.raw(if requestor {
+            r#"},"requestor":true"#
+        } else {
+            r#"},"requestor":false"#
+        });
+        if let Some(address) = network {
+            self.raw(r#","network":{"address":"#);
+            self.str(address);
+            self.raw(r#","type":"2"}"#);
+        }
+        self.raw("}");
+    }
+
+    fn entity(&mut self, entity: &Entity) {
+        let (what, ty, role, query) = match entity {
             Entity::Resource(r) => (
                 Some(r),
                 coding!(ENTITY_TYPE, "2", "System Object"),
@@ -354,64 +447,30 @@ impl Serialize for Entity {
                 Some(q),
             ),
         };
-        EntityJson {
-            what: what.map(|reference| Reference { reference }),
-            ty,
-            role,
-            query: query.map(String::as_str),
+        self.raw("{");
+        if let Some(reference) = what {
+            self.raw(r#""what":{"reference":"#);
+            self.str(reference);
+            self.raw("},");
         }
-        .serialize(s)
+        self.raw(r#""type":"#);
+        self.raw(ty.json());
+        self.raw(r#","role":"#);
+        self.raw(role.json());
+        if let Some(query) = query {
+            self.raw(r#","query":"#);
+            self.str(query);
+        }
+        self.raw("}");
+    }
+
+    fn finish(self) -> String {
+        self.0
     }
 }
 
-/// A resource the interaction touched (`Type/id` or `Type/id/_history/v`).
-pub fn resource_entity(reference: &str) -> Entity {
-    Entity::Resource(reference.to_string())
-}
-
-/// The patient the interaction concerns.
-pub fn patient_entity(id: &str) -> Entity {
-    Entity::Patient(format!("Patient/{id}"))
-}
-
-/// A search's query (base64, as BALP and R4 `entity.query` want), e.g. `Patient?family=x`.
-pub fn query_entity(query: &str) -> Entity {
-    Entity::Query(STANDARD.encode(query))
-}
-
-// The AuditEvent's JSON shape, serialized straight from borrowed parts (no JSON tree is built).
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EventJson<'a> {
-    resource_type: &'static str,
-    id: &'a str,
-    meta: Meta<'a>,
-    #[serde(rename = "type")]
-    ty: Coding,
-    subtype: [Coding; 1],
-    action: &'static str,
-    recorded: &'a str,
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outcome_desc: Option<String>,
-    agent: Vec<AgentJson<'a>>,
-    source: Source<'a>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    entity: &'a [Entity],
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Meta<'a> {
-    version_id: &'static str,
-    last_updated: &'a str,
-}
-
-/// A Coding of fixed text, serialized once: every event repeats a few of them, and copying their
-/// JSON costs less than serializing them each time (see `coding!`).
-#[derive(Clone, Copy, Serialize)]
-#[serde(transparent)]
+/// A Coding of fixed text, serialized once: every event repeats a few of them (see `coding!`).
+#[derive(Clone, Copy)]
 struct Coding(&'static RawValue);
 
 #[derive(Serialize)]
@@ -429,6 +488,10 @@ impl Coding {
             display,
         };
         serde_json::value::to_raw_value(&json).expect("a Coding of text serializes")
+    }
+
+    fn json(self) -> &'static str {
+        self.0.get()
     }
 
     /// The subtype of an interaction (a match, so a new interaction cannot be left out).
@@ -457,73 +520,6 @@ impl Coding {
             I::Operation => subtype!(Operation),
         }
     }
-}
-
-#[derive(Serialize)]
-struct Concept {
-    coding: [Coding; 1],
-}
-
-#[derive(Serialize)]
-struct AgentJson<'a> {
-    #[serde(rename = "type")]
-    ty: Concept,
-    who: Who<'a>,
-    requestor: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    network: Option<Network<'a>>,
-}
-
-/// A Reference with one of its elements: `{"display": …}`, `{"identifier": …}`, `{"reference": …}`.
-#[derive(Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Who<'a> {
-    Display(&'static str),
-    Identifier(Identifier<'a>),
-    Reference(&'a str),
-}
-
-#[derive(Serialize)]
-struct Identifier<'a> {
-    system: &'static str,
-    value: &'a str,
-}
-
-#[derive(Serialize)]
-struct Network<'a> {
-    address: &'a str,
-    #[serde(rename = "type")]
-    ty: &'static str,
-}
-
-#[derive(Serialize)]
-struct Source<'a> {
-    site: &'a str,
-    observer: Observer<'a>,
-    #[serde(rename = "type")]
-    ty: [Coding; 1],
-}
-
-#[derive(Serialize)]
-struct Observer<'a> {
-    display: &'static str,
-    identifier: Identifier<'a>,
-}
-
-#[derive(Serialize)]
-struct EntityJson<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    what: Option<Reference<'a>>,
-    #[serde(rename = "type")]
-    ty: Coding,
-    role: Coding,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    query: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Reference<'a> {
-    reference: &'a str,
 }
 
 #[cfg(test)]
@@ -567,6 +563,104 @@ mod tests {
             i("GET", "/fhir/Patient/1/Observation").0,
             Interaction::SearchType
         );
+        // Past five segments, only the type counts.
+        assert_eq!(
+            i("GET", "/fhir/Patient/1/a/b/c/d/e"),
+            (Interaction::Read, None)
+        );
+        assert_eq!(
+            i("GET", "/fhir/Patient/1/a/b/c/$x").0,
+            Interaction::Operation
+        );
+        assert_eq!(i("GET", "/fhir/Nope/1/a/b/c/d").0, Interaction::Operation);
+    }
+
+    /// The whole event, key for key, including strings that need escaping.
+    #[test]
+    fn events_are_written_whole_and_escaped() {
+        let access = Access {
+            client_id: Some("app \"one\"\\\t".into()),
+            fhir_user: Some("Practitioner/dr".into()),
+            patient: Some("p1".into()),
+            ..Default::default()
+        };
+        let seed = AuditSeed::new(
+            Interaction::SearchType,
+            Some(&access),
+            Some("10.0.0.1"),
+            "http://x/fhir",
+        );
+        let logged = seed.event(
+            403,
+            vec![
+                resource_entity("Observation/o/_history/2"),
+                query_entity("Observation?code=a\tb"),
+            ],
+        );
+        let ev: serde_json::Value = serde_json::from_str(&logged.content).unwrap();
+        let instant = ev["recorded"].as_str().unwrap().to_string();
+        let coding = |system: &str, code: &str, display: &str| serde_json::json!({"system": system, "code": code, "display": display});
+        let expected = serde_json::json!({
+            "resourceType": "AuditEvent",
+            "id": logged.id,
+            "meta": {"versionId": "1", "lastUpdated": instant},
+            "type": coding(EVENT_TYPE, "rest", "RESTful Operation"),
+            "subtype": [coding(INTERACTION, "search-type", "search-type")],
+            "action": "E",
+            "recorded": instant,
+            "outcome": "4",
+            "outcomeDesc": "HTTP 403",
+            "agent": [
+                {
+                    "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+                    "who": {"identifier": {"system": "urn:cairn:client-id",
+                        "value": "app \"one\"\\\t"}},
+                    "requestor": true,
+                    "network": {"address": "10.0.0.1", "type": "2"}
+                },
+                {
+                    "type": {"coding": [coding(PARTICIPATION, "IRCP", "information recipient")]},
+                    "who": {"reference": "Practitioner/dr"},
+                    "requestor": true
+                },
+                {
+                    "type": {"coding": [coding(ROLE_CLASS, "PAT", "patient")]},
+                    "who": {"reference": "Patient/p1"},
+                    "requestor": false
+                }
+            ],
+            "source": {
+                "site": "http://x/fhir",
+                "observer": {
+                    "display": "Cairn FHIR server",
+                    "identifier": {"system": "urn:ietf:rfc:3986", "value": "http://x/fhir"}
+                },
+                "type": [coding(SOURCE_TYPE, "4", "Application Server")]
+            },
+            "entity": [
+                {
+                    "what": {"reference": "Observation/o/_history/2"},
+                    "type": coding(ENTITY_TYPE, "2", "System Object"),
+                    "role": coding(OBJECT_ROLE, "4", "Domain Resource")
+                },
+                {
+                    "type": coding(ENTITY_TYPE, "2", "System Object"),
+                    "role": coding(OBJECT_ROLE, "24", "Query"),
+                    "query": STANDARD.encode("Observation?code=a\tb")
+                },
+                {
+                    "what": {"reference": "Patient/p1"},
+                    "type": coding(ENTITY_TYPE, "1", "Person"),
+                    "role": coding(OBJECT_ROLE, "1", "Patient")
+                }
+            ]
+        });
+        assert_eq!(ev, expected);
+        assert_eq!(
+            logged.hash,
+            super::super::chain::event_hash(&logged.content)
+        );
+        crate::fhir::validate_resource(&ev).unwrap();
     }
 
     #[test]
