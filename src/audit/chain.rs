@@ -19,14 +19,20 @@ use crate::store::{DbConn, Store};
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 pub(super) fn event_hash(content: &str) -> String {
-    format!("{:x}", Sha256::digest(content.as_bytes()))
+    sha256_hex(content)
 }
 
 fn chain_hash(prev: &str, seq: i64, event_id: &str, event_hash: &str) -> String {
-    format!(
-        "{:x}",
-        Sha256::digest(format!("{prev}|{seq}|{event_id}|{event_hash}").as_bytes())
-    )
+    sha256_hex(&format!("{prev}|{seq}|{event_id}|{event_hash}"))
+}
+
+/// SHA-256 in lowercase hex (`hex::encode_to_slice`: a table lookup per byte, where
+/// `format!("{:x}")` and `hex::encode` go through a formatter or an iterator per digit).
+fn sha256_hex(text: &str) -> String {
+    let mut out = [0u8; 64];
+    // 32 bytes fill the 64 digits exactly, and hex digits are ASCII: neither step can fail.
+    let _ = hex::encode_to_slice(Sha256::digest(text.as_bytes()), &mut out);
+    std::str::from_utf8(&out).unwrap_or_default().to_string()
 }
 
 /// AuditEvents packed for the log, not yet linked: all the work of an append that needs no lock.
@@ -343,5 +349,24 @@ pub async fn export(store: &Store, since: i64, out: &mut impl Write) -> FhirResu
             Some(b) if blocks.len() as i64 == PAGE => after = b.seq,
             _ => return Ok(n),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lowercase hex of SHA-256, as PostgreSQL's `encode(sha256(…), 'hex')` writes it when it
+    /// links a block itself: both must agree on every link.
+    #[test]
+    fn hashes_are_lowercase_hex_sha256() {
+        assert_eq!(
+            event_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            chain_hash(GENESIS, 1, "e", "h"),
+            event_hash(&format!("{GENESIS}|1|e|h"))
+        );
     }
 }
