@@ -51,7 +51,9 @@ median() { python3 -c "import statistics, sys; print(statistics.median(map(float
 rounds=${ROUNDS:-3}
 
 work=$(mktemp -d)
-trap 'kill -CONT $(jobs -p) 2>/dev/null; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Under `set -e` a failing command ends the trap too: with no jobs left, `kill` fails, so each one is
+# allowed to, and the work directory is always removed.
+trap 'kill -CONT $(jobs -p) 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(uname -sr)"
 echo "command: bash bench/run.sh $secs (ROUNDS=$rounds)"
 echo
