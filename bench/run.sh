@@ -14,8 +14,9 @@
 # ratio to the ceiling measured in the same run. The ceiling and the read are measured in turn,
 # ROUNDS times (default 3), and their medians are reported; the read's ratio is the median of the
 # rounds' ratios (each a ceiling and a read back to back): one run of each swings by 10-20% on a
-# shared machine, and the machine itself speeds up and slows down over minutes. Cairn is paused (SIGSTOP) while the ceiling runs, so that its background work
-# (AuditEvent rows written from the log after a read load) does not take the ceiling's CPU.
+# shared machine, and the machine itself speeds up and slows down over minutes. Cairn is paused
+# (SIGSTOP) while the ceiling runs, so that its background work (AuditEvent rows written from the
+# log after a read load) does not take the ceiling's CPU.
 # Results go to stdout as a Markdown table; the rounds go to stderr.
 set -euo pipefail
 secs=${1:-10}
