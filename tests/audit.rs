@@ -37,12 +37,13 @@ impl TestApp {
 
     /// A direct connection to the app's SQLite database that waits for the server's writes (its
     /// audit committer works when idle) rather than failing at once with "database is locked".
-    fn sqlite(path: &str) -> diesel::SqliteConnection {
+    fn sqlite(path: &str) -> Result<diesel::SqliteConnection, String> {
         use diesel::connection::SimpleConnection;
         use diesel::Connection;
-        let mut conn = diesel::SqliteConnection::establish(path).unwrap();
-        conn.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
-        conn
+        let mut conn = diesel::SqliteConnection::establish(path).map_err(|e| e.to_string())?;
+        conn.batch_execute("PRAGMA busy_timeout = 10000")
+            .map_err(|e| e.to_string())?;
+        Ok(conn)
     }
 
     /// Runs SQL on the app's database directly (as an operator, or an attacker, could).
@@ -50,10 +51,8 @@ impl TestApp {
         use diesel::connection::SimpleConnection;
         use diesel::Connection;
         match self.db_url.strip_prefix("sqlite://") {
-            // The server may be writing (its audit committer works when idle): wait for it.
-            Some(path) => diesel::SqliteConnection::establish(path)
-                .map_err(|e| e.to_string())?
-                .batch_execute(&format!("PRAGMA busy_timeout = 10000; {statements}"))
+            Some(path) => Self::sqlite(path)?
+                .batch_execute(statements)
                 .map_err(|e| e.to_string()),
             None => diesel::PgConnection::establish(&self.db_url)
                 .map_err(|e| e.to_string())?
@@ -93,7 +92,7 @@ impl TestApp {
         use diesel::{Connection, RunQueryDsl};
         let q = diesel::sql_query(query);
         match self.db_url.strip_prefix("sqlite://") {
-            Some(path) => q.load(&mut Self::sqlite(path)),
+            Some(path) => q.load(&mut Self::sqlite(path).unwrap()),
             None => q.load(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
         }
         .unwrap()
@@ -128,7 +127,7 @@ impl TestApp {
         let n = match self.db_url.strip_prefix("sqlite://") {
             Some(path) => diesel::sql_query(text.replace("$1", "?"))
                 .bind::<Binary, _>(body)
-                .execute(&mut Self::sqlite(path)),
+                .execute(&mut Self::sqlite(path).unwrap()),
             None => diesel::sql_query(text)
                 .bind::<Binary, _>(body)
                 .execute(&mut diesel::PgConnection::establish(&self.db_url).unwrap()),
